@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# test.sh — set up everything the tests need, then run them all.
+# Run as root on a Debian or Ubuntu host: the CRIU tests checkpoint and
+# restore real processes. Extra arguments go to `go test` (e.g. -short, -run X).
+#
+# Usage: sudo scripts/test.sh [go test flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=$PATH:/usr/local/go/bin
+
+scripts/setup.sh --test
+
+echo "test: go vet ./..."
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+[ -z "$unformatted" ] || { echo "test: gofmt would change: $unformatted" >&2; exit 1; }
+
+log=$(mktemp /tmp/doppel-test.XXXXXX)
+trap 'rm -f "$log"' EXIT
+echo "test: go test ./... $*"
+set +e
+go test -count=1 -timeout 40m -v "$@" ./... 2>&1 | tee "$log" | grep -E '^(=== RUN|--- (PASS|FAIL|SKIP)|PASS|FAIL|ok|panic|\s+---)' | grep -v '^=== RUN'
+rc=${PIPESTATUS[0]}
+set -e
+
+# Fuzz targets, each for a bounded time (the seed corpus runs in go test).
+if [ "$rc" = 0 ] && [ "${DOPPEL_FUZZTIME:-20s}" != 0 ]; then
+	while read -r pkg target; do
+		echo "test: fuzz $pkg $target for ${DOPPEL_FUZZTIME:-20s}"
+		go test -run '^$' -fuzz "^$target\$" -fuzztime "${DOPPEL_FUZZTIME:-20s}" "$pkg" || rc=1
+	done < <(grep -rl --include='*_test.go' '^func Fuzz' . | while read -r f; do
+		for t in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do
+			echo "./$(dirname "${f#./}") $t"
+		done
+	done)
+fi
+
+passed=$(grep -cE '^\s*--- PASS' "$log" || true)
+failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
+skipped=$(grep -cE '^\s*--- SKIP' "$log" || true)
+if [ "$skipped" -gt 0 ]; then
+	echo "test: skipped:"
+	grep -A1 -E '^\s*--- SKIP' "$log" | grep -vE '^(--|\s*--- SKIP)' | sed 's/^/  /' | head -40
+fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+exit "$rc"
