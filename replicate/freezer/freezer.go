@@ -1,0 +1,180 @@
+// Package freezer holds an application's process tree in a cgroup of its own
+// so that doppel can stop every process at once (the PSB phase of a
+// checkpoint) and resume them together. It supports the cgroup v1 freezer
+// controller and the freezer built into cgroup v2.
+package freezer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrUnsupported means neither a cgroup v1 freezer nor cgroup v2 is mounted.
+var ErrUnsupported = errors.New("no cgroup freezer on this host")
+
+// Config says where cgroups are mounted and how doppel names its own.
+type Config struct {
+	// Root is the cgroup mount point.
+	Root string
+	// Parent is the cgroup (relative to the freezer hierarchy) under which
+	// each app gets one of its own.
+	Parent string
+	// Poll is how often the freezer state is read while waiting.
+	Poll time.Duration
+}
+
+// DefaultConfig puts apps under /sys/fs/cgroup/.../doppel/<app>.
+func DefaultConfig() Config {
+	return Config{Root: "/sys/fs/cgroup", Parent: "doppel", Poll: time.Millisecond}
+}
+
+// Cgroup is one app's freezer cgroup. Its methods are not safe for
+// concurrent use on the same app; doppel serialises checkpoints per app.
+type Cgroup struct {
+	// Path is the cgroup directory, as CRIU's --freeze-cgroup takes it.
+	Path string
+	v2   bool
+	poll time.Duration
+}
+
+// Open creates (if needed) and returns the freezer cgroup for app.
+func Open(cfg Config, app string) (*Cgroup, error) {
+	if app == "" || strings.ContainsAny(app, "/\x00") || app == "." || app == ".." {
+		return nil, fmt.Errorf("freezer: bad app name %q", app)
+	}
+	base, v2, err := hierarchy(cfg.Root)
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(base, cfg.Parent, app)
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		return nil, fmt.Errorf("freezer: create %s: %w", p, err)
+	}
+	poll := cfg.Poll
+	if poll <= 0 {
+		poll = time.Millisecond
+	}
+	return &Cgroup{Path: p, v2: v2, poll: poll}, nil
+}
+
+// hierarchy finds the freezer: the v1 controller's mount, or the v2 root.
+func hierarchy(root string) (string, bool, error) {
+	if st, err := os.Stat(filepath.Join(root, "freezer")); err == nil && st.IsDir() {
+		if _, err := os.Stat(filepath.Join(root, "freezer", "cgroup.procs")); err == nil {
+			return filepath.Join(root, "freezer"), false, nil
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "cgroup.controllers")); err == nil {
+		return root, true, nil
+	}
+	return "", false, fmt.Errorf("%w (looked under %s)", ErrUnsupported, root)
+}
+
+// Add moves pid (and the children it forks later) into the cgroup.
+func (c *Cgroup) Add(pid int) error {
+	f := filepath.Join(c.Path, "cgroup.procs")
+	if err := os.WriteFile(f, []byte(strconv.Itoa(pid)), 0); err != nil {
+		return fmt.Errorf("freezer: add pid %d to %s: %w", pid, c.Path, err)
+	}
+	return nil
+}
+
+// Pids lists the processes in the cgroup.
+func (c *Cgroup) Pids() ([]int, error) {
+	b, err := os.ReadFile(filepath.Join(c.Path, "cgroup.procs"))
+	if err != nil {
+		return nil, fmt.Errorf("freezer: %w", err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids, nil
+}
+
+// Freeze stops every process of the cgroup and returns once the kernel
+// reports them all frozen, or an error (after thawing again) when ctx ends
+// first.
+func (c *Cgroup) Freeze(ctx context.Context) error {
+	if err := c.set(true); err != nil {
+		return err
+	}
+	for {
+		frozen, err := c.Frozen()
+		if err != nil {
+			_ = c.Thaw()
+			return err
+		}
+		if frozen {
+			return nil
+		}
+		// A v1 freezer can stall in FREEZING: writing FROZEN again retries.
+		// A v2 freezer converges by itself.
+		if !c.v2 {
+			if err := c.set(true); err != nil {
+				_ = c.Thaw()
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			_ = c.Thaw()
+			return fmt.Errorf("freezer: %s did not freeze: %w", c.Path, ctx.Err())
+		case <-time.After(c.poll):
+		}
+	}
+}
+
+// Thaw resumes every process of the cgroup.
+func (c *Cgroup) Thaw() error { return c.set(false) }
+
+// Frozen reports whether the whole cgroup is frozen.
+func (c *Cgroup) Frozen() (bool, error) {
+	if c.v2 {
+		b, err := os.ReadFile(filepath.Join(c.Path, "cgroup.events"))
+		if err != nil {
+			return false, fmt.Errorf("freezer: %w", err)
+		}
+		return strings.Contains(string(b), "frozen 1"), nil
+	}
+	b, err := os.ReadFile(filepath.Join(c.Path, "freezer.state"))
+	if err != nil {
+		return false, fmt.Errorf("freezer: %w", err)
+	}
+	return strings.TrimSpace(string(b)) == "FROZEN", nil
+}
+
+func (c *Cgroup) set(freeze bool) error {
+	var file, val string
+	switch {
+	case c.v2 && freeze:
+		file, val = "cgroup.freeze", "1"
+	case c.v2:
+		file, val = "cgroup.freeze", "0"
+	case freeze:
+		file, val = "freezer.state", "FROZEN"
+	default:
+		file, val = "freezer.state", "THAWED"
+	}
+	if err := os.WriteFile(filepath.Join(c.Path, file), []byte(val), 0); err != nil {
+		return fmt.Errorf("freezer: write %s to %s: %w", val, c.Path, err)
+	}
+	return nil
+}
+
+// Remove deletes the cgroup; it must be empty.
+func (c *Cgroup) Remove() error {
+	_ = c.Thaw()
+	if err := os.Remove(c.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("freezer: remove %s: %w", c.Path, err)
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package freezer
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+func openOrSkip(t *testing.T) *Cgroup {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs as root; freezer tests need it")
+		}
+		t.Skip("needs root: run sudo scripts/test.sh")
+	}
+	cg, err := Open(DefaultConfig(), "test-"+t.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cg.Remove() })
+	return cg
+}
+
+func TestFreezeThaw(t *testing.T) {
+	cg := openOrSkip(t)
+	cmd := exec.Command("sh", "-c", `i=0; while :; do i=$((i+1)); echo $i; done`)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cg.Thaw(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if err := cg.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	pids, err := cg.Pids()
+	if err != nil || len(pids) != 1 || pids[0] != cmd.Process.Pid {
+		t.Fatalf("Pids = %v, %v", pids, err)
+	}
+	lines := make(chan string, 1024)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cg.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := cg.Frozen(); err != nil || !f {
+		t.Fatalf("Frozen = %v, %v", f, err)
+	}
+	// Once the pipe is drained, a frozen writer adds nothing.
+	for drained := false; !drained; {
+		select {
+		case <-lines:
+		case <-time.After(50 * time.Millisecond):
+			drained = true
+		}
+	}
+	select {
+	case l := <-lines:
+		t.Fatalf("frozen process wrote %q", l)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := cg.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lines:
+	case <-time.After(10 * time.Second):
+		t.Fatal("process did not resume after Thaw")
+	}
+}
+
+func TestBadName(t *testing.T) {
+	for _, n := range []string{"", "a/b", "..", "."} {
+		if _, err := Open(DefaultConfig(), n); err == nil {
+			t.Errorf("Open(%q) succeeded", n)
+		}
+	}
+}
+
+func TestUnsupported(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Root = t.TempDir()
+	if _, err := Open(cfg, "x"); err == nil {
+		t.Fatal("Open on an empty root succeeded")
+	}
+}
