@@ -1,0 +1,172 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrNoCommand means StartOptions.Args is empty.
+var ErrNoCommand = errors.New("shim: no command")
+
+// StartOptions describes an application to start under the init.
+type StartOptions struct {
+	// Exe is the init binary: the doppel executable, installed with
+	// InstallExe so that the same bytes exist at the same path on every node
+	// where the application may be restored. Required.
+	Exe string
+	// Args is the application's command line; Args[0] is looked up in PATH
+	// by the init. Required.
+	Args []string
+	// Dir is the working directory; empty means the caller's.
+	Dir string
+	// Env is the application's environment; nil means the caller's. Unless
+	// KeepMPTCP is set, GODEBUG gains multipathtcp=0 (see KeepMPTCP).
+	Env []string
+	// KeepMPTCP leaves the environment exactly as given. By default Start
+	// adds multipathtcp=0 to GODEBUG: Go 1.24 and later open MPTCP sockets
+	// for listeners, which CRIU cannot dump ("Unsupported proto 262"). The
+	// setting only affects Go programs.
+	KeepMPTCP bool
+	// Stdin, Stdout and Stderr are the application's standard files; nil
+	// means /dev/null. Applications run without a terminal: pass log files
+	// opened with O_APPEND for output, and hand the same paths to the CRIU
+	// restore so a log that grew after a checkpoint does not break it.
+	Stdin, Stdout, Stderr *os.File
+}
+
+// Process is an init started by Start: the root of the application's tree
+// as seen from the host. Its methods are safe for concurrent use.
+type Process struct {
+	// Pid is the init's PID in the caller's PID namespace. Inside its own
+	// namespace the init is PID 1; the application comes next, after the
+	// IDs of the init's threads.
+	Pid int
+
+	cmd      *exec.Cmd
+	waitOnce sync.Once
+	state    *os.ProcessState
+	waitErr  error
+}
+
+// Start starts opts.Args under a new init (`Exe init-shim -- Args...`) in a
+// new PID namespace and a new session, in the caller's mount, network and
+// other namespaces. ctx bounds only the start: the application outlives it.
+// The caller must eventually call Wait (or the init stays a zombie) and
+// needs CAP_SYS_ADMIN for the PID namespace.
+func Start(ctx context.Context, opts StartOptions) (*Process, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(opts.Args) == 0 {
+		return nil, ErrNoCommand
+	}
+	if opts.Exe == "" {
+		return nil, errors.New("shim: no init executable (StartOptions.Exe)")
+	}
+	argv := append([]string{Subcommand, "--"}, opts.Args...)
+	cmd := exec.Command(opts.Exe, argv...)
+	cmd.Dir = opts.Dir
+	env := opts.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	if !opts.KeepMPTCP {
+		env = WithoutMPTCP(env)
+	}
+	cmd.Env = env
+	var toClose []*os.File
+	defer func() {
+		for _, f := range toClose {
+			_ = f.Close()
+		}
+	}()
+	std := func(f *os.File, flag int) (*os.File, error) {
+		if f != nil {
+			return f, nil
+		}
+		n, err := os.OpenFile(os.DevNull, flag, 0)
+		if err != nil {
+			return nil, err
+		}
+		toClose = append(toClose, n)
+		return n, nil
+	}
+	var err error
+	if cmd.Stdin, err = std(opts.Stdin, os.O_RDONLY); err != nil {
+		return nil, err
+	}
+	if cmd.Stdout, err = std(opts.Stdout, os.O_WRONLY); err != nil {
+		return nil, err
+	}
+	if cmd.Stderr, err = std(opts.Stderr, os.O_WRONLY); err != nil {
+		return nil, err
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: unix.CLONE_NEWPID,
+		Setsid:     true,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s under %s: %w", opts.Args[0], opts.Exe, err)
+	}
+	return &Process{Pid: cmd.Process.Pid, cmd: cmd}, nil
+}
+
+// Signal sends sig to the init, which forwards SIGTERM, SIGINT, SIGHUP,
+// SIGUSR1 and SIGUSR2 to the application. SIGKILL ends the init and with it
+// every process of the namespace.
+func (p *Process) Signal(sig os.Signal) error {
+	return p.cmd.Process.Signal(sig)
+}
+
+// Kill ends the whole tree: SIGKILL to the init tears down its namespace.
+func (p *Process) Kill() error {
+	return p.cmd.Process.Kill()
+}
+
+// Wait waits for the init to exit and reaps it. It returns the same state
+// to every caller; the init's exit code is the application's.
+func (p *Process) Wait() (*os.ProcessState, error) {
+	p.waitOnce.Do(func() {
+		err := p.cmd.Wait()
+		p.state = p.cmd.ProcessState
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = nil // a non-zero exit is reported by the state
+		}
+		p.waitErr = err
+	})
+	return p.state, p.waitErr
+}
+
+// WithoutMPTCP returns env with multipathtcp=0 added to GODEBUG, unless
+// GODEBUG already sets multipathtcp. The last GODEBUG entry is the one
+// that counts (as for exec.Cmd); env itself is not modified.
+func WithoutMPTCP(env []string) []string {
+	out := append([]string(nil), env...)
+	last := -1
+	for i, kv := range out {
+		if strings.HasPrefix(kv, "GODEBUG=") {
+			last = i
+		}
+	}
+	if last < 0 {
+		return append(out, "GODEBUG=multipathtcp=0")
+	}
+	v := strings.TrimPrefix(out[last], "GODEBUG=")
+	switch {
+	case strings.Contains(v, "multipathtcp="):
+	case v == "":
+		out[last] = "GODEBUG=multipathtcp=0"
+	default:
+		out[last] = "GODEBUG=" + v + ",multipathtcp=0"
+	}
+	return out
+}
