@@ -1,0 +1,118 @@
+package introspect
+
+import (
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Scope says which processes belong to the scanned tree.
+type Scope string
+
+const (
+	// ScopeTree is the root process and all its descendants.
+	ScopeTree Scope = "tree"
+	// ScopePIDNamespace adds to ScopeTree every process that lives in the
+	// root's PID namespace (for instance one entered with setns), so that
+	// a graph rooted at a namespace init covers the whole namespace.
+	ScopePIDNamespace Scope = "pidns"
+)
+
+// Config tunes scanning and watching. Build one with DefaultConfig and
+// change the fields that matter.
+type Config struct {
+	// ScanInterval is the period of the Watcher's full re-scan, which
+	// finds opened and closed descriptors and socket state changes. The
+	// process membership is probed twice per interval, so a process that
+	// lives at least one interval is always reported, with or without
+	// the process connector.
+	ScanInterval time.Duration
+
+	// DataPaths are the directories (or files) whose content doppel
+	// replicates. A file opened for writing outside them gets a warning.
+	DataPaths []string
+
+	// ProcRoot is where procfs is mounted.
+	ProcRoot string
+
+	// Scope selects the processes of the tree.
+	Scope Scope
+
+	// MapSizes reads /proc/PID/smaps for per-mapping RSS, PSS, dirty and
+	// swap sizes. The kernel walks the page tables for it, which costs
+	// time proportional to the resident memory; false reads
+	// /proc/PID/maps only (layout and sizes, no residency).
+	MapSizes bool
+
+	// Threads reads the name, state and CPU time of every thread. False
+	// lists thread IDs only.
+	Threads bool
+
+	// OutsideHolders looks through the descriptors of every process
+	// outside the tree for the pipes and sockets of the tree, to find
+	// resources shared with the outside (a blocker) and the outside end
+	// of pipes. It costs one readlink per descriptor on the machine.
+	OutsideHolders bool
+
+	// GhostLimit is the size above which a deleted file that is still
+	// open cannot be dumped. It mirrors CRIU's --ghost-limit (1 MiB by
+	// default); set it to the value the checkpoint engine passes.
+	GhostLimit int64
+
+	// UseProcConnector lets the Watcher subscribe to the kernel's process
+	// events (fork, exec, exit) when it can (root is needed); otherwise it
+	// only polls.
+	UseProcConnector bool
+}
+
+// DefaultConfig returns the configuration used by the CLI and the daemon.
+func DefaultConfig() Config {
+	return Config{
+		ScanInterval:     500 * time.Millisecond,
+		DataPaths:        nil,
+		ProcRoot:         "/proc",
+		Scope:            ScopeTree,
+		MapSizes:         true,
+		Threads:          true,
+		OutsideHolders:   true,
+		GhostLimit:       1 << 20,
+		UseProcConnector: true,
+	}
+}
+
+// normalized returns cfg with zero values replaced by defaults and the
+// data paths cleaned.
+func (cfg Config) normalized() Config {
+	def := DefaultConfig()
+	if cfg.ScanInterval <= 0 {
+		cfg.ScanInterval = def.ScanInterval
+	}
+	if cfg.ProcRoot == "" {
+		cfg.ProcRoot = def.ProcRoot
+	}
+	if cfg.Scope == "" {
+		cfg.Scope = def.Scope
+	}
+	if cfg.GhostLimit <= 0 {
+		cfg.GhostLimit = def.GhostLimit
+	}
+	paths := make([]string, 0, len(cfg.DataPaths))
+	for _, p := range cfg.DataPaths {
+		if p == "" {
+			continue
+		}
+		paths = append(paths, filepath.Clean(p))
+	}
+	cfg.DataPaths = paths
+	return cfg
+}
+
+// dataPathOf returns the data path that contains path, or "".
+func (cfg *Config) dataPathOf(path string) string {
+	for _, d := range cfg.DataPaths {
+		if path == d || d == "/" || strings.HasPrefix(path, d+"/") {
+			return d
+		}
+	}
+	return ""
+}

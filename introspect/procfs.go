@@ -1,0 +1,574 @@
+package introspect
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// clockTick is USER_HZ, the unit of the times in /proc/PID/stat. It is 100
+// on every Linux architecture Go supports.
+const clockTick = 100
+
+// procReader reads procfs files into one reused buffer. Slices it returns
+// stay valid until the next read. Not safe for concurrent use.
+type procReader struct {
+	buf  []byte
+	dent []byte
+	link []byte
+}
+
+func newProcReader() *procReader {
+	return &procReader{
+		buf:  make([]byte, 64<<10),
+		dent: make([]byte, 32<<10),
+		link: make([]byte, unix.PathMax),
+	}
+}
+
+// readFileAt reads name relative to dirfd (unix.AT_FDCWD for an absolute
+// path) whole.
+func (r *procReader) readFileAt(dirfd int, name string) ([]byte, error) {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return r.readFD(fd)
+}
+
+func (r *procReader) readFD(fd int) ([]byte, error) {
+	n := 0
+	for {
+		if n == len(r.buf) {
+			nb := make([]byte, 2*len(r.buf))
+			copy(nb, r.buf)
+			r.buf = nb
+		}
+		m, err := unix.Read(fd, r.buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			return r.buf[:n], nil
+		}
+		n += m
+	}
+}
+
+func openat(dirfd int, name string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, name, flags, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return fd, err
+	}
+}
+
+// readlinkAt returns the target of the symlink name under dirfd as a
+// string.
+func (r *procReader) readlinkAt(dirfd int, name string) (string, error) {
+	for {
+		n, err := unix.Readlinkat(dirfd, name, r.link)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		return string(r.link[:n]), nil
+	}
+}
+
+// readDirNames calls fn with each entry name of the directory dirfd, except
+// "." and "..". The name slice is only valid during the call.
+func (r *procReader) readDirNames(dirfd int, fn func(name []byte)) error {
+	for {
+		n, err := unix.Getdents(dirfd, r.dent)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return nil
+		}
+		b := r.dent[:n]
+		for len(b) > 0 {
+			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
+			if len(b) < 19 {
+				break
+			}
+			reclen := int(uint16(b[16]) | uint16(b[17])<<8)
+			if reclen == 0 || reclen > len(b) {
+				break
+			}
+			name := b[19:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			if !(len(name) == 1 && name[0] == '.') && !(len(name) == 2 && name[0] == '.' && name[1] == '.') {
+				fn(name)
+			}
+			b = b[reclen:]
+		}
+	}
+}
+
+// atoiBytes parses a non-negative decimal integer; ok is false for anything
+// else.
+func atoiBytes(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+// isGone reports whether err means the process (or the file) has
+// disappeared.
+func isGone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ESRCH)
+}
+
+// statInfo is what Scan uses from /proc/PID/stat.
+type statInfo struct {
+	PID        int
+	Comm       string
+	State      string
+	PPID       int
+	PGID       int
+	SID        int
+	UTime      uint64
+	STime      uint64
+	NumThreads int
+	StartTime  uint64
+	RSSPages   uint64
+}
+
+// parseStat parses /proc/PID/stat (or /proc/PID/task/TID/stat). The comm
+// field may contain spaces and parentheses; it ends at the last ')'.
+func parseStat(b []byte) (statInfo, error) {
+	var s statInfo
+	open := bytes.IndexByte(b, '(')
+	closeIdx := bytes.LastIndexByte(b, ')')
+	if open < 0 || closeIdx < open {
+		return s, fmt.Errorf("stat: malformed: %q", truncate(b, 64))
+	}
+	pid, ok := atoiBytes(bytes.TrimSpace(b[:open]))
+	if !ok {
+		return s, fmt.Errorf("stat: bad pid %q", truncate(b, 64))
+	}
+	s.PID = pid
+	s.Comm = string(b[open+1 : closeIdx])
+	fields := bytes.Fields(b[closeIdx+1:])
+	// fields[0] is field 3 (state) of proc(5).
+	if len(fields) < 22 {
+		return s, fmt.Errorf("stat: %d fields after comm, want >= 22", len(fields))
+	}
+	s.State = string(fields[0])
+	num := func(i int) uint64 {
+		v, _ := strconv.ParseUint(string(fields[i]), 10, 64)
+		return v
+	}
+	inum := func(i int) int {
+		v, _ := strconv.Atoi(string(fields[i]))
+		return v
+	}
+	s.PPID = inum(1)
+	s.PGID = inum(2)
+	s.SID = inum(3)
+	s.UTime = num(11)
+	s.STime = num(12)
+	s.NumThreads = inum(17)
+	s.StartTime = num(19)
+	s.RSSPages = num(21)
+	return s, nil
+}
+
+func ticksToDuration(t uint64) time.Duration {
+	return time.Duration(t) * (time.Second / clockTick)
+}
+
+// statusInfo is what Scan uses from /proc/PID/status.
+type statusInfo struct {
+	UID       int
+	TracerPID int
+	NSPID     []int
+	VmRSS     uint64 // bytes
+	HasVmRSS  bool
+}
+
+// parseStatus parses /proc/PID/status.
+func parseStatus(b []byte) statusInfo {
+	var s statusInfo
+	for len(b) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			line, b = b, nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon < 0 {
+			continue
+		}
+		key, val := line[:colon], bytes.TrimSpace(line[colon+1:])
+		switch string(key) {
+		case "Uid":
+			if f := bytes.Fields(val); len(f) > 0 {
+				s.UID, _ = strconv.Atoi(string(f[0]))
+			}
+		case "TracerPid":
+			s.TracerPID, _ = strconv.Atoi(string(val))
+		case "NSpid":
+			for _, f := range bytes.Fields(val) {
+				if n, ok := atoiBytes(f); ok {
+					s.NSPID = append(s.NSPID, n)
+				}
+			}
+		case "VmRSS":
+			s.VmRSS = parseKB(val)
+			s.HasVmRSS = true
+		}
+	}
+	return s
+}
+
+// parseKB parses "1234 kB" into bytes.
+func parseKB(val []byte) uint64 {
+	f := bytes.Fields(val)
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(string(f[0]), 10, 64)
+	if len(f) > 1 && string(f[1]) == "kB" {
+		n *= 1024
+	}
+	return n
+}
+
+// parseCmdline splits the NUL-separated /proc/PID/cmdline.
+func parseCmdline(b []byte) []string {
+	b = bytes.TrimRight(b, "\x00")
+	if len(b) == 0 {
+		return nil
+	}
+	parts := bytes.Split(b, []byte{0})
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		out[i] = string(p)
+	}
+	return out
+}
+
+// parseLines returns the non-empty lines of b.
+func parseLines(b []byte) []string {
+	var out []string
+	for _, l := range bytes.Split(bytes.TrimSpace(b), []byte{'\n'}) {
+		if len(l) > 0 {
+			out = append(out, string(l))
+		}
+	}
+	return out
+}
+
+// parseChildren parses /proc/PID/task/TID/children: space-separated pids.
+func parseChildren(b []byte, fn func(pid int)) {
+	for _, f := range bytes.Fields(b) {
+		if n, ok := atoiBytes(f); ok {
+			fn(n)
+		}
+	}
+}
+
+// fdinfo is what Scan uses from /proc/PID/fdinfo/FD.
+type fdinfo struct {
+	Pos   int64
+	Flags uint32
+	MntID int
+	Ino   uint64
+	// Extra holds the lines that describe anonymous inodes, keyed by
+	// their name (eventfd-count, tty-index, ...); "tfd" counts epoll
+	// targets and "wd" inotify watches.
+	Extra map[string]string
+}
+
+// parseFdinfo parses /proc/PID/fdinfo/FD. Extra keys are only collected
+// when wantExtra is true.
+func parseFdinfo(b []byte, wantExtra bool) fdinfo {
+	var fi fdinfo
+	tfd, wd := 0, 0
+	for len(b) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			line, b = b, nil
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon < 0 {
+			continue
+		}
+		key, val := line[:colon], bytes.TrimSpace(line[colon+1:])
+		switch string(key) {
+		case "pos":
+			fi.Pos, _ = strconv.ParseInt(string(val), 10, 64)
+		case "flags":
+			v, _ := strconv.ParseUint(string(val), 8, 32)
+			fi.Flags = uint32(v)
+		case "mnt_id":
+			fi.MntID, _ = strconv.Atoi(string(val))
+		case "ino":
+			fi.Ino, _ = strconv.ParseUint(string(val), 10, 64)
+		case "tfd":
+			tfd++
+		case "inotify wd":
+			wd++
+		case "fanotify ino", "fanotify mnt_id":
+			wd++
+		default:
+			if wantExtra && len(key) > 0 && len(val) < 128 {
+				if fi.Extra == nil {
+					fi.Extra = make(map[string]string, 4)
+				}
+				fi.Extra[string(key)] = string(val)
+			}
+		}
+	}
+	if wantExtra && tfd > 0 {
+		if fi.Extra == nil {
+			fi.Extra = make(map[string]string, 1)
+		}
+		fi.Extra["targets"] = strconv.Itoa(tfd)
+	}
+	if wantExtra && wd > 0 {
+		if fi.Extra == nil {
+			fi.Extra = make(map[string]string, 1)
+		}
+		fi.Extra["watches"] = strconv.Itoa(wd)
+	}
+	return fi
+}
+
+// accessOf turns open flags into "r", "w" or "rw".
+func accessOf(flags uint32) string {
+	if flags&unix.O_PATH != 0 {
+		return ""
+	}
+	switch flags & unix.O_ACCMODE {
+	case unix.O_WRONLY:
+		return "w"
+	case unix.O_RDWR:
+		return "rw"
+	default:
+		return "r"
+	}
+}
+
+// accessOfLinkMode turns the permission bits of a /proc/PID/fd/N symlink,
+// which the kernel sets from the open mode, into "r", "w" or "rw".
+func accessOfLinkMode(mode uint32) string {
+	r, w := mode&unix.S_IRUSR != 0, mode&unix.S_IWUSR != 0
+	switch {
+	case r && w:
+		return "rw"
+	case w:
+		return "w"
+	case r:
+		return "r"
+	}
+	return ""
+}
+
+// parseMaps walks /proc/PID/smaps or /proc/PID/maps and calls fn for each
+// mapping. Size lines of smaps fill the sizes; maps leaves them zero.
+func parseMaps(b []byte, fn func(m *Mapping)) error {
+	var cur Mapping
+	have := false
+	for len(b) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			line, b = b, nil
+		}
+		if len(line) == 0 {
+			continue
+		}
+		c := line[0]
+		if (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') {
+			if have {
+				fn(&cur)
+			}
+			m, err := parseMapHeader(line)
+			if err != nil {
+				return err
+			}
+			cur, have = m, true
+			continue
+		}
+		if !have {
+			continue
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon < 0 {
+			continue
+		}
+		switch string(line[:colon]) {
+		case "Rss":
+			cur.RSS = parseKB(line[colon+1:])
+		case "Pss":
+			cur.PSS = parseKB(line[colon+1:])
+		case "Shared_Dirty", "Private_Dirty":
+			cur.Dirty += parseKB(line[colon+1:])
+		case "Swap":
+			cur.Swap = parseKB(line[colon+1:])
+		}
+	}
+	if have {
+		fn(&cur)
+	}
+	return nil
+}
+
+// parseMapHeader parses "start-end perms offset dev inode path".
+func parseMapHeader(line []byte) (Mapping, error) {
+	var m Mapping
+	bad := func() (Mapping, error) { return m, fmt.Errorf("maps: malformed line %q", truncate(line, 96)) }
+	rest := line
+	next := func() []byte {
+		rest = bytes.TrimLeft(rest, " ")
+		i := bytes.IndexByte(rest, ' ')
+		if i < 0 {
+			f := rest
+			rest = nil
+			return f
+		}
+		f := rest[:i]
+		rest = rest[i+1:]
+		return f
+	}
+	addr, perms, off, dev, ino := next(), next(), next(), next(), next()
+	dash := bytes.IndexByte(addr, '-')
+	if dash < 0 || len(perms) != 4 || len(dev) == 0 || len(ino) == 0 {
+		return bad()
+	}
+	var err error
+	if m.Start, err = strconv.ParseUint(string(addr[:dash]), 16, 64); err != nil {
+		return bad()
+	}
+	if m.End, err = strconv.ParseUint(string(addr[dash+1:]), 16, 64); err != nil {
+		return bad()
+	}
+	if m.Offset, err = strconv.ParseUint(string(off), 16, 64); err != nil {
+		return bad()
+	}
+	if m.Inode, err = strconv.ParseUint(string(ino), 10, 64); err != nil {
+		return bad()
+	}
+	m.Perms = string(perms)
+	m.Dev = string(dev)
+	m.Path = string(bytes.TrimLeft(rest, " "))
+	m.Size = m.End - m.Start
+	m.Kind = classifyMapping(&m)
+	return m, nil
+}
+
+const deletedSuffix = " (deleted)"
+
+// classifyMapping gives the kind of a mapping from its path and perms.
+func classifyMapping(m *Mapping) MapKind {
+	shared := len(m.Perms) == 4 && m.Perms[3] == 's'
+	p := m.Path
+	switch {
+	case p == "":
+		if shared {
+			return MapAnonShared
+		}
+		return MapAnonPrivate
+	case p == "[heap]":
+		return MapHeap
+	case p == "[stack]" || hasPrefix(p, "[stack:"):
+		return MapStack
+	case p == "[vdso]":
+		return MapVDSO
+	case p == "[vvar]" || p == "[vvar_vclock]":
+		return MapVVAR
+	case p == "[vsyscall]" || p == "[vectors]":
+		return MapVsyscall
+	case hasPrefix(p, "[anon_shmem:"):
+		return MapAnonShared
+	case hasPrefix(p, "[anon:"):
+		if shared {
+			return MapAnonShared
+		}
+		return MapAnonPrivate
+	case p[0] == '[':
+		return MapSpecial
+	case hasPrefix(p, "/SYSV") && hasSuffix(p, deletedSuffix):
+		return MapSysVShm
+	case hasPrefix(p, "/memfd:"):
+		return MapMemfd
+	case p == "/dev/zero"+deletedSuffix && shared:
+		return MapAnonShared
+	case p == "/[aio]"+deletedSuffix:
+		return MapSpecial
+	}
+	if shared {
+		return MapFileShared
+	}
+	return MapFilePrivate
+}
+
+func hasPrefix(s, p string) bool { return len(s) >= len(p) && s[:len(p)] == p }
+func hasSuffix(s, p string) bool { return len(s) >= len(p) && s[len(s)-len(p):] == p }
+
+func truncate(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[:n]
+	}
+	return b
+}
+
+// devString formats a dev_t as "major:minor".
+func devString(dev uint64) string {
+	return strconv.FormatUint(uint64(unix.Major(dev)), 10) + ":" + strconv.FormatUint(uint64(unix.Minor(dev)), 10)
+}
+
+// fileTypeOf names the file type of a stat mode.
+func fileTypeOf(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "regular"
+	case unix.S_IFDIR:
+		return "dir"
+	case unix.S_IFCHR:
+		return "chr"
+	case unix.S_IFBLK:
+		return "blk"
+	case unix.S_IFIFO:
+		return "fifo"
+	case unix.S_IFSOCK:
+		return "socket"
+	case unix.S_IFLNK:
+		return "symlink"
+	}
+	return "unknown"
+}
