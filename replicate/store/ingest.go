@@ -234,10 +234,18 @@ func (t *Txn) ingestBlob(path string, size int64) ([]Hash, error) {
 	return hs, nil
 }
 
-const hashBatch = 256 // pages hashed per work item (1 MiB)
+const hashBatch = 256 // pages read and hashed per work item (1 MiB)
 
-// ingestPages hashes a pages file in parallel, then copies the runs of pages
-// the store does not hold into the pack in file order.
+// hashedBatch is one work item of ingestPages: a run of pages read from the
+// pages file and their hashes.
+type hashedBatch struct {
+	buf []byte
+	err error
+}
+
+// ingestPages reads and hashes a pages file in parallel batches
+// (Config.Workers) and, in file order, classifies each page against the
+// parent view and the store and appends the new ones to the pack.
 func (t *Txn) ingestPages(ctx context.Context, path string, size int64, pm *pagemapFile, parent view, pc *PageCounts) ([]Hash, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -246,9 +254,6 @@ func (t *Txn) ingestPages(ctx context.Context, path string, size int64, pm *page
 	defer f.Close()
 	n := chunks(size, PageSize)
 	hs := make([]Hash, n)
-	if err := hashFile(ctx, f, size, hs, t.s.cfg.Workers); err != nil {
-		return nil, fmt.Errorf("hash %s: %w", filepath.Base(path), err)
-	}
 
 	// Which virtual page each page is, for change counting.
 	var vaddrs []uint64
@@ -262,113 +267,106 @@ func (t *Txn) ingestPages(ctx context.Context, path string, size int64, pm *page
 		old = parent.pages[pm.key]
 	}
 
-	zero := ZeroPageHash()
-	var run []idxEntry // new pages at [runStart, runStart+len(run)) of the file
-	var runStart, runBytes int64
-	var runW *packWriter
-	flushRun := func() error {
-		if len(run) == 0 {
-			return nil
-		}
-		if err := runW.appendRun(f, runStart*PageSize, runBytes, run); err != nil {
-			return t.fail(err)
-		}
-		t.stored += runBytes
-		run, runBytes = run[:0], 0
-		return nil
+	// Workers read and hash batches; this goroutine consumes them in order.
+	batches := int((n + hashBatch - 1) / hashBatch)
+	workers := t.s.cfg.Workers
+	results := make([]chan hashedBatch, batches)
+	for i := range results {
+		results[i] = make(chan hashedBatch, 1)
 	}
-	for i := int64(0); i < n; i++ {
-		h := hs[i]
-		pc.Scanned++
-		changed := true
-		if vaddrs != nil && old != nil {
-			if ph, ok := old[vaddrs[i]]; ok && ph == h {
-				changed = false
-			}
-		}
-		if changed {
-			pc.Changed++
-		}
-		switch {
-		case h == zero:
-			pc.Zero++
-			pc.Skipped[SkipZero]++
-			continue
-		case !changed:
-			pc.Skipped[SkipUnchanged]++
-			continue
-		case t.Has(h):
-			pc.Skipped[SkipDuplicate]++
-			continue
-		}
-		// New content: extend the current run or start a new one.
-		plen := min(size-i*PageSize, PageSize)
-		if len(run) > 0 && (runStart+int64(len(run)) != i || runW.size()+runBytes+plen > t.s.cfg.PackSize) {
-			if err := flushRun(); err != nil {
-				return nil, err
-			}
-		}
-		if len(run) == 0 {
-			if runW, err = t.writer(plen); err != nil {
-				return nil, err
-			}
-			if err := runW.flush(); err != nil {
-				return nil, t.fail(err)
-			}
-			runStart = i
-		}
-		run = append(run, idxEntry{h: h, off: runBytes, n: uint32(plen)})
-		t.pending[h] = pendingLoc{w: runW, off: runW.size() + runBytes, n: uint32(plen)}
-		runBytes += plen
-		pc.New++
+	free := make(chan []byte, workers+2) // bounds memory: batches in flight
+	for range cap(free) {
+		free <- make([]byte, hashBatch*PageSize)
 	}
-	if err := flushRun(); err != nil {
-		return nil, err
-	}
-	return hs, nil
-}
-
-// hashFile fills hs with the hash of each PageSize page of f, reading and
-// hashing batches on workers goroutines. A page whose hash is ZeroPageHash is
-// checked to be all zero.
-func hashFile(ctx context.Context, f *os.File, size int64, hs []Hash, workers int) error {
-	batches := (int64(len(hs)) + hashBatch - 1) / hashBatch
+	stop := make(chan struct{})
+	defer close(stop)
 	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make([]error, workers)
 	zero := ZeroPageHash()
-	for w := range workers {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, hashBatch*PageSize)
 			for {
-				b := next.Add(1) - 1
+				b := int(next.Add(1) - 1)
 				if b >= batches {
 					return
 				}
-				if err := ctx.Err(); err != nil {
-					errs[w] = err
+				var buf []byte
+				select {
+				case buf = <-free:
+				case <-stop:
 					return
 				}
-				off := b * hashBatch * PageSize
-				chunk := buf[:min(size-off, int64(len(buf)))]
-				if _, err := f.ReadAt(chunk, off); err != nil && !(errors.Is(err, io.EOF) && len(chunk) == 0) {
-					errs[w] = err
-					return
+				off := int64(b) * hashBatch * PageSize
+				buf = buf[:min(size-off, hashBatch*PageSize)]
+				res := hashedBatch{buf: buf}
+				if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+					res.err = fmt.Errorf("read %s: %w", filepath.Base(path), err)
 				}
-				for p := int64(0); p*PageSize < int64(len(chunk)); p++ {
-					page := chunk[p*PageSize : min((p+1)*PageSize, int64(len(chunk)))]
+				for p := 0; res.err == nil && p*PageSize < len(buf); p++ {
+					page := buf[p*PageSize : min((p+1)*PageSize, len(buf))]
 					h := Sum(page)
 					if h == zero && !isZero(page) {
-						errs[w] = fmt.Errorf("%w: page at offset %d collides with the zero page hash", ErrCorrupt, off+p*PageSize)
-						return
+						res.err = fmt.Errorf("%w: page at offset %d collides with the zero page hash", ErrCorrupt, off+int64(p)*PageSize)
 					}
 					hs[b*hashBatch+p] = h
 				}
+				results[b] <- res
 			}
 		}()
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+
+	var w *packWriter
+	for b := 0; b < batches; b++ {
+		var res hashedBatch
+		select {
+		case res = <-results[b]:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if res.err != nil {
+			return nil, res.err
+		}
+		for p := 0; p*PageSize < len(res.buf); p++ {
+			i := b*hashBatch + p
+			h := hs[i]
+			pc.Scanned++
+			changed := true
+			if vaddrs != nil && old != nil {
+				if ph, ok := old[vaddrs[i]]; ok && ph == h {
+					changed = false
+				}
+			}
+			if changed {
+				pc.Changed++
+			}
+			switch {
+			case h == zero:
+				pc.Zero++
+				pc.Skipped[SkipZero]++
+				continue
+			case !changed:
+				pc.Skipped[SkipUnchanged]++
+				continue
+			case t.Has(h):
+				pc.Skipped[SkipDuplicate]++
+				continue
+			}
+			page := res.buf[p*PageSize : min((p+1)*PageSize, len(res.buf))]
+			if w, err = t.writer(int64(len(page))); err != nil {
+				return nil, err
+			}
+			off, err := w.append(h, page)
+			if err != nil {
+				return nil, t.fail(err)
+			}
+			t.pending[h] = pendingLoc{w: w, off: off, n: uint32(len(page))}
+			t.stored += int64(len(page))
+			pc.New++
+		}
+		free <- res.buf[:cap(res.buf)]
+	}
+	return hs, nil
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"unsafe"
 
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
@@ -122,47 +123,124 @@ func decodeIdx(b []byte, packSize int64) ([]idxEntry, error) {
 }
 
 // packWriter appends records to a new pack under a temporary name.
+//
+// Records collect in a page-aligned buffer that is written with O_DIRECT
+// when it fills: on the machines this project targets, buffered writes plus
+// the fsync at commit cost several times what direct writes of the same
+// bytes do. Before a direct write the buffer is padded to a whole number of
+// pages; the padding is dead space the index never points at. Where the file
+// system refuses O_DIRECT the writer falls back to buffered writes.
 type packWriter struct {
 	dir     string
 	id      string
-	f       *os.File
-	buf     []byte // appended but not yet written, starting at flushed
-	flushed int64  // bytes written to f
+	f       *os.File // read-write, buffered
+	df      *os.File // write-only, O_DIRECT; nil when unsupported
+	buf     []byte   // records appended but not yet written, starting at flushed
+	flushed int64    // bytes written (or being written) to the file
 	entries []idxEntry
+
+	// One buffer is written in the background while the other fills.
+	spare    []byte
+	writing  []byte
+	inflight chan writeResult
 }
 
-const writeBuf = 4 << 20
+type writeResult struct {
+	err    error
+	direct bool // false: O_DIRECT was refused and the write went buffered
+}
+
+const (
+	writeBuf = 8 << 20
+	align    = 4096
+)
 
 func newPackWriter(dir string) (*packWriter, error) {
 	id, err := newPackID()
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, id+packExt+tmpExt), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	path := filepath.Join(dir, id+packExt+tmpExt)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create pack: %w", err)
 	}
-	return &packWriter{dir: dir, id: id, f: f, buf: make([]byte, 0, writeBuf)}, nil
+	w := &packWriter{dir: dir, id: id, f: f, buf: alignedBuf(writeBuf), spare: alignedBuf(writeBuf)}
+	if df, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0); err == nil {
+		w.df = df
+	}
+	return w, nil
+}
+
+// alignedBuf returns an empty slice of capacity n whose first byte is page
+// aligned.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+align)
+	off := int(uintptr(unsafe.Pointer(&b[0])) & (align - 1))
+	if off != 0 {
+		off = align - off
+	}
+	return b[off : off : off+n]
 }
 
 func (w *packWriter) size() int64 { return w.flushed + int64(len(w.buf)) }
 
-// append adds one record and returns its offset.
-func (w *packWriter) append(h Hash, data []byte) (int64, error) {
-	off := w.size()
-	if len(w.buf)+len(data) > cap(w.buf) {
-		if err := w.flush(); err != nil {
+// reserve makes room for n more bytes in the buffer and returns the offset
+// the next record will have.
+func (w *packWriter) reserve(n int) (int64, error) {
+	if len(w.buf)+n > cap(w.buf) {
+		if err := w.startFlush(); err != nil {
 			return 0, err
 		}
+	}
+	return w.size(), nil
+}
+
+// append adds one record and returns its offset.
+func (w *packWriter) append(h Hash, data []byte) (int64, error) {
+	off, err := w.reserve(len(data))
+	if err != nil {
+		return 0, err
 	}
 	w.buf = append(w.buf, data...)
 	w.entries = append(w.entries, idxEntry{h: h, off: off, n: uint32(len(data))})
 	return off, nil
 }
 
-// appendRun copies n bytes at srcOff of src to the end of the pack (in the
-// kernel where it can) and records entries for them, whose offsets are
-// relative to the start of the run.
+// appendFrom appends records read from src: rel lists them with offsets
+// relative to srcOff, back to back. It returns the records as entered in the
+// index.
+func (w *packWriter) appendFrom(src *os.File, srcOff int64, rel []idxEntry) ([]idxEntry, error) {
+	out := make([]idxEntry, 0, len(rel))
+	for i := 0; i < len(rel); {
+		if _, err := w.reserve(int(rel[i].n)); err != nil {
+			return nil, err
+		}
+		// As many records as fit, read with one call.
+		j, n := i, 0
+		for j < len(rel) && len(w.buf)+n+int(rel[j].n) <= cap(w.buf) {
+			n += int(rel[j].n)
+			j++
+		}
+		base := w.size()
+		dst := w.buf[len(w.buf) : len(w.buf)+n]
+		if _, err := src.ReadAt(dst, srcOff+rel[i].off); err != nil {
+			return nil, fmt.Errorf("read source: %w", err)
+		}
+		w.buf = w.buf[:len(w.buf)+n]
+		for _, e := range rel[i:j] {
+			e.off = base + e.off - rel[i].off
+			out = append(out, e)
+		}
+		i = j
+	}
+	w.entries = append(w.entries, out...)
+	return out, nil
+}
+
+// appendRun copies n bytes at srcOff of src to the end of the pack in the
+// kernel (copy_file_range) and records entries for them, whose offsets are
+// relative to the start of the run. GC uses it to compact packs.
 func (w *packWriter) appendRun(src *os.File, srcOff, n int64, rel []idxEntry) error {
 	if err := w.flush(); err != nil {
 		return err
@@ -179,15 +257,66 @@ func (w *packWriter) appendRun(src *os.File, srcOff, n int64, rel []idxEntry) er
 	return nil
 }
 
+// flush writes the buffer and waits for every write to finish.
 func (w *packWriter) flush() error {
+	if err := w.startFlush(); err != nil {
+		return err
+	}
+	return w.wait()
+}
+
+// startFlush hands the buffer to a background write (directly, padded to
+// whole pages, when the file offset allows it; buffered otherwise) after
+// waiting for the previous one, and continues in the other buffer.
+func (w *packWriter) startFlush() error {
+	if err := w.wait(); err != nil {
+		return err
+	}
 	if len(w.buf) == 0 {
 		return nil
 	}
-	if _, err := w.f.WriteAt(w.buf, w.flushed); err != nil {
-		return fmt.Errorf("write pack: %w", err)
+	buf, off := w.buf, w.flushed
+	direct := w.df != nil && off%align == 0
+	if direct {
+		n := len(buf)
+		buf = buf[:(n+align-1)&^(align-1)]
+		clear(buf[n:])
 	}
-	w.flushed += int64(len(w.buf))
-	w.buf = w.buf[:0]
+	w.flushed += int64(len(buf))
+	w.writing, w.buf, w.spare = buf, w.spare[:0], nil
+	ch := make(chan writeResult, 1)
+	w.inflight = ch
+	f, df := w.f, w.df
+	go func() {
+		if direct {
+			_, err := df.WriteAt(buf, off)
+			if err == nil || !errors.Is(err, unix.EINVAL) {
+				ch <- writeResult{err: err, direct: true}
+				return
+			}
+			// The file system refuses direct I/O after all.
+		}
+		_, err := f.WriteAt(buf, off)
+		ch <- writeResult{err: err, direct: false}
+	}()
+	return nil
+}
+
+// wait waits for the background write, if any.
+func (w *packWriter) wait() error {
+	if w.inflight == nil {
+		return nil
+	}
+	res := <-w.inflight
+	w.inflight = nil
+	w.spare, w.writing = w.writing[:0], nil
+	if !res.direct && w.df != nil {
+		_ = w.df.Close()
+		w.df = nil
+	}
+	if res.err != nil {
+		return fmt.Errorf("write pack: %w", res.err)
+	}
 	return nil
 }
 
@@ -196,6 +325,9 @@ func (w *packWriter) readAt(p []byte, off int64) error {
 	if off >= w.flushed {
 		copy(p, w.buf[off-w.flushed:])
 		return nil
+	}
+	if err := w.wait(); err != nil {
+		return err
 	}
 	_, err := w.f.ReadAt(p, off)
 	return err
@@ -223,17 +355,25 @@ func (w *packWriter) finish(sync bool) (string, error) {
 	if err := os.Rename(idxTmp, filepath.Join(w.dir, w.id+idxExt)); err != nil {
 		return "", fmt.Errorf("commit pack index: %w", err)
 	}
-	_ = w.f.Close()
-	w.f = nil
+	w.close()
 	return final, nil
 }
 
-// discard removes whatever the writer left on disk.
-func (w *packWriter) discard() {
+func (w *packWriter) close() {
+	_ = w.wait()
+	if w.df != nil {
+		_ = w.df.Close()
+		w.df = nil
+	}
 	if w.f != nil {
 		_ = w.f.Close()
 		w.f = nil
 	}
+}
+
+// discard removes whatever the writer left on disk.
+func (w *packWriter) discard() {
+	w.close()
 	_ = os.Remove(filepath.Join(w.dir, w.id+packExt+tmpExt))
 	_ = os.Remove(filepath.Join(w.dir, w.id+idxExt+tmpExt))
 	_ = os.Remove(filepath.Join(w.dir, w.id+idxExt))
