@@ -363,4 +363,3 @@ func BenchmarkSnapshotUnchanged(b *testing.B) {
 		}
 	}
 }
-
