@@ -29,11 +29,18 @@ const (
 
 // Driver runs CRIU over its RPC (swrk) protocol through go-criu. Each call
 // starts its own CRIU service process, so a Driver is safe for concurrent
-// use on different trees; it caches feature probes.
+// use on different trees; it caches feature probes. Dumps of trees whose
+// processes share a working directory are serialised: CRIU briefly mounts a
+// private /proc in the working directory of each task it dumps, so that
+// directory must be writable by root, and two dumps there at once collide.
+// Use one Driver per node.
 type Driver struct {
 	cfg   Config
 	path  string
 	probe Probe
+	// dirs serialises dumps of trees sharing a working directory (see
+	// parasiteProcDir).
+	dirs dirLocks
 	// feature answers feature probes; tests replace it.
 	feature func(ctx context.Context, name string) (bool, string, error)
 }

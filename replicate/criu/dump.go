@@ -142,6 +142,13 @@ func (d *Driver) dump(ctx context.Context, c *gocriu.Criu, opts DumpOptions, pre
 		return nil, fmt.Errorf("criu %s pid %d: images: %w", op, opts.Pid, err)
 	}
 	defer dir.Close()
+	cwds := treeCwds(opts.Pid)
+	unlock, err := d.dirs.lock(ctx, cwds)
+	if err != nil {
+		return nil, fmt.Errorf("criu %s pid %d: waiting for another dump in %v: %w", op, opts.Pid, cwds, err)
+	}
+	defer unlock()
+	removeStaleParasiteDirs(cwds)
 	ro, err := d.cfg.rpcOpts()
 	if err != nil {
 		return nil, err

@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"doppel/replicate/shim"
 )
 
 // TestDumpRestoreTree dumps a running tree (init, parent, child; pipes; a
@@ -138,6 +142,34 @@ func TestDumpRestoreTree(t *testing.T) {
 	i := strings.Index(out, "written after the dump")
 	if i < 0 || !strings.Contains(out[i:], `request "pids"`) {
 		t.Fatalf("stdout log did not continue after the dump:\n%s", out)
+	}
+
+	// The restored init still does its job: SIGTERM from outside reaches
+	// the app (which has no handler and dies of it), and the init exits
+	// with the app's status.
+	p, err := shim.Attach(rr.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int, 1)
+	go func() {
+		st, err := p.Wait()
+		if err != nil {
+			done <- -1
+			return
+		}
+		done <- st.ExitCode()
+	}()
+	select {
+	case code := <-done:
+		if code != 128+int(syscall.SIGTERM) {
+			t.Fatalf("restored init exited %d, want %d", code, 128+int(syscall.SIGTERM))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("restored tree ignored SIGTERM")
 	}
 }
 
@@ -473,4 +505,62 @@ func logRestore(t testing.TB, r *RestoreResult) {
 	}
 	t.Logf("restore pid %d: wall %v; criu forking %v restore %v; pages restored %d; events %s",
 		r.Pid, r.Wall, r.Stats.ForkingTime, r.Stats.RestoreTime, r.Stats.PagesRestored, strings.Join(ev, " "))
+}
+
+// TestConcurrentDumpsSharedCwd dumps two trees with the same working
+// directory at the same time, over and over: CRIU's parasite uses a fixed
+// directory there, so the driver must serialise them.
+func TestConcurrentDumpsSharedCwd(t *testing.T) {
+	d := requireCRIU(t)
+	ctx := t.Context()
+	shared := t.TempDir()
+	a := startTree(t, "ticker", treeOpts{dir: shared})
+	b := startTree(t, "ticker", treeOpts{dir: shared})
+	waitLine(t, a.outPath, "tick ", 20*time.Second)
+	waitLine(t, b.outPath, "tick ", 20*time.Second)
+	for round := range 5 {
+		errs := make(chan error, 2)
+		for _, tr := range []*tree{a, b} {
+			go func() {
+				_, err := d.Dump(ctx, DumpOptions{Pid: tr.p.Pid, ImagesDir: imagesDir(t, "img"), LeaveRunning: true})
+				errs <- err
+			}()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+	}
+	if !alive(a.p.Pid) || !alive(b.p.Pid) {
+		t.Fatal("a tree died")
+	}
+}
+
+// TestParasiteDirInTheWay checks what happens when CRIU's parasite finds
+// its directory taken: an empty leftover is cleared, anything else is
+// reported as ErrBusy.
+func TestParasiteDirInTheWay(t *testing.T) {
+	d := requireCRIU(t)
+	ctx := t.Context()
+	cwd := t.TempDir()
+	tr := startTree(t, "ticker", treeOpts{dir: cwd})
+	waitLine(t, tr.outPath, "tick ", 20*time.Second)
+	stale := filepath.Join(cwd, parasiteProcDir)
+	if err := os.Mkdir(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Dump(ctx, DumpOptions{Pid: tr.p.Pid, ImagesDir: imagesDir(t, "img"), LeaveRunning: true}); err != nil {
+		t.Fatalf("dump with an empty leftover: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Join(stale, "in-use"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.Dump(ctx, DumpOptions{Pid: tr.p.Pid, ImagesDir: imagesDir(t, "img"), LeaveRunning: true})
+	if !errors.Is(err, ErrDump) || !errors.Is(err, ErrBusy) {
+		t.Fatalf("dump with the parasite's directory in use: %v, want ErrBusy", err)
+	}
+	if !alive(tr.p.Pid) {
+		t.Fatal("failed dump killed the tree")
+	}
 }

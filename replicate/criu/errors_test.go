@@ -51,6 +51,7 @@ func TestClassify(t *testing.T) {
 		{"Error (criu/sk-inet.c:880): inet: Can't bind inet socket (id 12): Address already in use", ErrAddrInUse},
 		{"Error (criu/cr-restore.c:1450): Can't fork for 1234: File exists", ErrPIDInUse},
 		{"Error (criu/cr-restore.c:1400): Unable to clone 1234: File exists", ErrPIDInUse},
+		{"pie: 1: Error (criu/pie/parasite.c:634): Can't create a directory (-17)", ErrBusy},
 		{"Error (criu/mount.c:1): mkdir /x: File exists", nil},
 		{"Error (criu/cr-dump.c:1975): Dumping FAILED.", nil},
 	} {

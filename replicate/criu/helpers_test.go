@@ -67,6 +67,7 @@ type treeOpts struct {
 	env       []string // added to the environment
 	keepMPTCP bool     // do not disable MPTCP for the Go test program
 	truncLogs bool     // open the logs as `>` does, not for append
+	dir       string   // working directory; default: the tree's own scratch dir
 }
 
 // startTree starts the test binary in role under the init, with stdout
@@ -94,9 +95,14 @@ func startTree(t testing.TB, role string, o treeOpts) *tree {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cwd := o.dir
+	if cwd == "" {
+		cwd = dir
+	}
 	p, err := shim.Start(context.Background(), shim.StartOptions{
 		Exe:       exe,
 		Args:      []string{exe},
+		Dir:       cwd,
 		Env:       withRole(role, o.env...),
 		KeepMPTCP: o.keepMPTCP,
 		Stdout:    out,

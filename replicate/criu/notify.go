@@ -29,12 +29,12 @@ const (
 // skipped.
 //
 // Order for a dump: PreDump (before CRIU freezes the tree: the start of the
-// barrier), NetworkLock, PostDump (images written, tree still frozen),
-// NetworkUnlock. For a restore: PreRestore, SetupNamespaces,
-// PostSetupNamespaces, NetworkLock, PostRestore (tree created, not yet
-// running), NetworkUnlock, PostResume (tree running). CRIU sends
-// NetworkLock and NetworkUnlock only for trees with their own network
-// namespace; trees in the host's lock each TCP connection instead.
+// barrier), PostDump (images written, tree still frozen). For a restore:
+// PreRestore, SetupNamespaces, PostSetupNamespaces, PostRestore (tree
+// created, not yet running), PostResume (tree running). NetworkLock and
+// NetworkUnlock come only for trees with a network namespace of their own;
+// trees in the host's (as replicate/shim starts them) get each TCP
+// connection locked by CRIU instead, without a notification.
 type Hooks struct {
 	PreDump             func() error
 	PostDump            func() error

@@ -1,6 +1,25 @@
 // Package criu drives CRIU for doppel: finding a working binary, probing
-// what the kernel and CRIU support, and dump/restore over go-criu's swrk
-// protocol.
+// what the kernel and CRIU support, and dump, pre-dump and restore over
+// go-criu's swrk protocol (Driver).
+//
+// Every call starts its own CRIU service process, logs to a file in the
+// images directory (or a given work directory), and on failure returns an
+// *Error carrying the Error lines of that log and matching the sentinels
+// callers branch on. CRIU's own stats (stats-dump, stats-restore) and the
+// arrival times of its notifications come back with every result, so the
+// checkpoint phases are timed from clocks, never estimated.
+//
+// Trees are expected to be started by replicate/shim: in a PID namespace of
+// their own, as their own session, in the host's mount and network
+// namespaces, with stdin from /dev/null and stdout and stderr appended to
+// log files. Logs keep growing after a dump, and must never break a
+// restore: CRIU skips its size check for files opened O_APPEND, but a log
+// opened otherwise, or missing on the restoring node, fails the restore. So
+// Restore hands logs over by inherit-fd (RestoreOptions.AppendFiles),
+// which also keeps the restored tree writing to this node's copy. Logs
+// stay plain files rather than pipes to the daemon: a pipe would tie the
+// app's life to the reader's, and every restore would need the daemon to
+// supply the other end.
 package criu
 
 import (

@@ -405,3 +405,27 @@ func TestWithoutMPTCP(t *testing.T) {
 		}
 	}
 }
+
+func TestAttach(t *testing.T) {
+	if _, err := Attach(0); err == nil {
+		t.Fatal("Attach(0) accepted")
+	}
+	// A child the caller did not start through Start, as CRIU's restore
+	// leaves one.
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", "exit 3"}, &syscall.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Attach(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Kill(); _, _ = p.Wait() })
+	if code := waitExit(t, p, 10*time.Second); code != 3 {
+		t.Fatalf("exit %d, want 3", code)
+	}
+	// Wait is idempotent.
+	if st, err := p.Wait(); err != nil || st.ExitCode() != 3 {
+		t.Fatalf("second Wait: %v %v", st, err)
+	}
+}

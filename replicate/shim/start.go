@@ -50,7 +50,7 @@ type Process struct {
 	// IDs of the init's threads.
 	Pid int
 
-	cmd      *exec.Cmd
+	proc     *os.Process
 	waitOnce sync.Once
 	state    *os.ProcessState
 	waitErr  error
@@ -116,32 +116,40 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s under %s: %w", opts.Args[0], opts.Exe, err)
 	}
-	return &Process{Pid: cmd.Process.Pid, cmd: cmd}, nil
+	return &Process{Pid: cmd.Process.Pid, proc: cmd.Process}, nil
+}
+
+// Attach returns the Process of an init the caller did not start itself
+// but must reap: the root of a tree restored by replicate/criu, which CRIU
+// makes a child of the caller.
+func Attach(pid int) (*Process, error) {
+	if pid <= 0 {
+		return nil, fmt.Errorf("shim: attach: bad pid %d", pid)
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		return nil, fmt.Errorf("shim: attach %d: %w", pid, err)
+	}
+	return &Process{Pid: pid, proc: proc}, nil
 }
 
 // Signal sends sig to the init, which forwards SIGTERM, SIGINT, SIGHUP,
 // SIGUSR1 and SIGUSR2 to the application. SIGKILL ends the init and with it
 // every process of the namespace.
 func (p *Process) Signal(sig os.Signal) error {
-	return p.cmd.Process.Signal(sig)
+	return p.proc.Signal(sig)
 }
 
 // Kill ends the whole tree: SIGKILL to the init tears down its namespace.
 func (p *Process) Kill() error {
-	return p.cmd.Process.Kill()
+	return p.proc.Kill()
 }
 
 // Wait waits for the init to exit and reaps it. It returns the same state
 // to every caller; the init's exit code is the application's.
 func (p *Process) Wait() (*os.ProcessState, error) {
 	p.waitOnce.Do(func() {
-		err := p.cmd.Wait()
-		p.state = p.cmd.ProcessState
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			err = nil // a non-zero exit is reported by the state
-		}
-		p.waitErr = err
+		p.state, p.waitErr = p.proc.Wait()
 	})
 	return p.state, p.waitErr
 }
