@@ -1,6 +1,7 @@
 package criu
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -563,4 +564,99 @@ func TestParasiteDirInTheWay(t *testing.T) {
 	if !alive(tr.p.Pid) {
 		t.Fatal("failed dump killed the tree")
 	}
+}
+
+// TestRestoreInheritPipe restores a tree whose stdout was a pipe to a
+// reader outside it, handing the restored tree a new pipe by inherit-fd.
+func TestRestoreInheritPipe(t *testing.T) {
+	d := requireCRIU(t)
+	ctx := t.Context()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(w.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf("pipe:[%d]", st.Ino)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := shim.Start(ctx, shim.StartOptions{Exe: exe, Args: []string{exe}, Dir: t.TempDir(), Env: withRole("ticker"), Stdout: w})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Kill(); _, _ = p.Wait() })
+	br := bufio.NewReader(r)
+	first, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := strings.Fields(first)[1]
+
+	images := imagesDir(t, "images")
+	if _, err := d.Dump(ctx, DumpOptions{Pid: p.Pid, ImagesDir: images}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	r2, w2, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	rr, err := d.Restore(ctx, RestoreOptions{ImagesDir: images, InheritFds: map[string]*os.File{key: w2}})
+	w2.Close()
+	if err != nil {
+		t.Fatalf("restore with %s inherited: %v", key, err)
+	}
+	adopt(t, rr.Process)
+	if err := r2.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(r2).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "tick "+nonce+" ") {
+		t.Fatalf("restored tree wrote %q, %v to the new pipe; want a tick with nonce %s", line, err, nonce)
+	}
+}
+
+// TestRestoreHookAborts refuses a restored tree from the post-restore hook:
+// CRIU must remove it, and the driver reaps it.
+func TestRestoreHookAborts(t *testing.T) {
+	d := requireCRIU(t)
+	ctx := t.Context()
+	tr := startTree(t, "ticker", treeOpts{})
+	waitLine(t, tr.outPath, "tick ", 20*time.Second)
+	images := imagesDir(t, "images")
+	if _, err := d.Dump(ctx, DumpOptions{Pid: tr.p.Pid, ImagesDir: images}); err != nil {
+		t.Fatalf("dump: %v", err)
+	}
+	if _, err := tr.p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	refused := errors.New("fenced: a newer term owns this app")
+	var seen int
+	rr, err := d.Restore(ctx, RestoreOptions{
+		ImagesDir:   images,
+		AppendFiles: []string{tr.outPath, tr.errPath},
+		Hooks:       Hooks{PostRestore: func(pid int) error { seen = pid; return refused }},
+	})
+	if !errors.Is(err, ErrRestore) || !errors.Is(err, ErrHook) || !errors.Is(err, refused) {
+		t.Fatalf("got %v, want ErrRestore, ErrHook and the hook's error", err)
+	}
+	if seen <= 0 || rr.Pid != 0 {
+		t.Fatalf("hook saw pid %d, result pid %d", seen, rr.Pid)
+	}
+	waitState(t, seen, "", 10*time.Second) // killed by CRIU and reaped
+	// The images are still good.
+	rr, err = d.Restore(ctx, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}})
+	if err != nil {
+		t.Fatalf("restore after a refused one: %v", err)
+	}
+	adopt(t, rr.Process)
 }

@@ -29,7 +29,10 @@ const (
 // skipped.
 //
 // Order for a dump: PreDump (before CRIU freezes the tree: the start of the
-// barrier), PostDump (images written, tree still frozen). For a restore:
+// barrier; DumpResult.Barrier adds CRIU's freezing time to it), PostDump
+// (images written, tree still frozen). With LeaveRunning the tree is thawed
+// after PostDump and before Dump returns, so an ingress proxy paused in
+// PreDump resumes when Dump returns. For a restore:
 // PreRestore, SetupNamespaces, PostSetupNamespaces, PostRestore (tree
 // created, not yet running), PostResume (tree running). NetworkLock and
 // NetworkUnlock come only for trees with a network namespace of their own;
