@@ -84,14 +84,13 @@ func TestDumpRestoreTree(t *testing.T) {
 	appendLine(t, tr.outPath, "written after the dump")
 	appendLine(t, tr.errPath, "written after the dump")
 
-	rr, err := d.Restore(ctx, RestoreOptions{
+	rr, err := restore(t, d, RestoreOptions{
 		ImagesDir:   images,
 		AppendFiles: []string{tr.outPath, tr.errPath},
 	})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	adopt(t, rr.Process)
 	logRestore(t, rr)
 	if rr.Pid == origPid {
 		t.Fatalf("restored root got host pid %d, the original's (still a zombie)", rr.Pid)
@@ -196,11 +195,10 @@ func TestRestoreBesideOriginal(t *testing.T) {
 	if !alive(tr.p.Pid) {
 		t.Fatal("original not running after a leave-running dump")
 	}
-	rr, err := d.Restore(ctx, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}})
+	rr, err := restore(t, d, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}})
 	if err != nil {
 		t.Fatalf("restore beside the original: %v", err)
 	}
-	adopt(t, rr.Process)
 	logRestore(t, rr)
 	if !alive(tr.p.Pid) || !alive(rr.Pid) {
 		t.Fatalf("original %d alive %v, copy %d alive %v", tr.p.Pid, alive(tr.p.Pid), rr.Pid, alive(rr.Pid))
@@ -254,29 +252,42 @@ func TestRestoreLogs(t *testing.T) {
 		}
 		return tr, images
 	}
-	restoreTicking := func(t *testing.T, tr *tree, images string) {
-		rr, err := d.Restore(ctx, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}})
+	// ticksAfter waits for the restored tree to write a tick past offset.
+	ticksAfter := func(t *testing.T, tr *tree, offset int) {
+		waitFor(t, 10*time.Second, func() bool {
+			b, _ := os.ReadFile(tr.outPath)
+			return len(b) > offset && strings.Contains(string(b[offset:]), "tick ")
+		})
+	}
+	size := func(p string) int {
+		st, err := os.Stat(p)
 		if err != nil {
+			return 0
+		}
+		return int(st.Size())
+	}
+	restoreTicking := func(t *testing.T, tr *tree, images string) {
+		offset := size(tr.outPath)
+		if _, err := restore(t, d, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}}); err != nil {
 			t.Fatalf("restore with the logs inherited: %v", err)
 		}
-		adopt(t, rr.Process)
-		waitLine(t, tr.outPath, "tick ", 10*time.Second)
+		ticksAfter(t, tr, offset)
 	}
 
 	t.Run("append log grew", func(t *testing.T) {
 		tr, images := dumpKilled(t, treeOpts{})
 		appendLine(t, tr.outPath, "written after the dump")
-		rr, err := d.Restore(ctx, RestoreOptions{ImagesDir: images})
-		if err != nil {
+		offset := size(tr.outPath)
+		if _, err := restore(t, d, RestoreOptions{ImagesDir: images}); err != nil {
 			t.Fatalf("restore with a grown O_APPEND log: %v", err)
 		}
-		adopt(t, rr.Process)
+		ticksAfter(t, tr, offset)
 	})
 
 	t.Run("truncating log grew", func(t *testing.T) {
 		tr, images := dumpKilled(t, treeOpts{truncLogs: true})
 		appendLine(t, tr.outPath, "written after the dump")
-		_, err := d.Restore(ctx, RestoreOptions{ImagesDir: images})
+		_, err := restore(t, d, RestoreOptions{ImagesDir: images})
 		var ce *Error
 		if !errors.As(err, &ce) || !errors.Is(err, ErrRestore) || !errors.Is(err, ErrFileChanged) {
 			t.Fatalf("restore with a grown log: %v; want *Error matching ErrRestore and ErrFileChanged", err)
@@ -293,7 +304,7 @@ func TestRestoreLogs(t *testing.T) {
 		if err := os.Remove(tr.outPath); err != nil {
 			t.Fatal(err)
 		}
-		_, err := d.Restore(ctx, RestoreOptions{ImagesDir: images})
+		_, err := restore(t, d, RestoreOptions{ImagesDir: images})
 		if !errors.Is(err, ErrRestore) || !errors.Is(err, ErrFileChanged) {
 			t.Fatalf("restore without its log: %v; want ErrRestore and ErrFileChanged", err)
 		}
@@ -448,11 +459,10 @@ func TestIncrementalOnThisHost(t *testing.T) {
 	if _, err := tr.p.Wait(); err != nil {
 		t.Fatal(err)
 	}
-	rr, err := d.Restore(ctx, RestoreOptions{ImagesDir: root + "/final", AppendFiles: []string{tr.outPath, tr.errPath}})
+	_, err = restore(t, d, RestoreOptions{ImagesDir: root + "/final", AppendFiles: []string{tr.outPath, tr.errPath}})
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	adopt(t, rr.Process)
 	size := func() int { b, _ := os.ReadFile(tr.outPath); return len(b) }
 	before := size()
 	waitFor(t, 10*time.Second, func() bool { return size() > before })
@@ -610,12 +620,11 @@ func TestRestoreInheritPipe(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r2.Close()
-	rr, err := d.Restore(ctx, RestoreOptions{ImagesDir: images, InheritFds: map[string]*os.File{key: w2}})
+	_, err = restore(t, d, RestoreOptions{ImagesDir: images, InheritFds: map[string]*os.File{key: w2}})
 	w2.Close()
 	if err != nil {
 		t.Fatalf("restore with %s inherited: %v", key, err)
 	}
-	adopt(t, rr.Process)
 	if err := r2.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -641,7 +650,7 @@ func TestRestoreHookAborts(t *testing.T) {
 	}
 	refused := errors.New("fenced: a newer term owns this app")
 	var seen int
-	rr, err := d.Restore(ctx, RestoreOptions{
+	rr, err := restore(t, d, RestoreOptions{
 		ImagesDir:   images,
 		AppendFiles: []string{tr.outPath, tr.errPath},
 		Hooks:       Hooks{PostRestore: func(pid int) error { seen = pid; return refused }},
@@ -654,9 +663,8 @@ func TestRestoreHookAborts(t *testing.T) {
 	}
 	waitState(t, seen, "", 10*time.Second) // killed by CRIU and reaped
 	// The images are still good.
-	rr, err = d.Restore(ctx, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}})
+	_, err = restore(t, d, RestoreOptions{ImagesDir: images, AppendFiles: []string{tr.outPath, tr.errPath}})
 	if err != nil {
 		t.Fatalf("restore after a refused one: %v", err)
 	}
-	adopt(t, rr.Process)
 }

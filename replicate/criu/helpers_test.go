@@ -247,6 +247,17 @@ func waitState(t testing.TB, pid int, state string, d time.Duration) {
 	}
 }
 
+// restore runs d.Restore and makes sure whatever it restored is killed and
+// reaped when the test ends, even when the test expected a failure.
+func restore(t testing.TB, d *Driver, opts RestoreOptions) (*RestoreResult, error) {
+	t.Helper()
+	rr, err := d.Restore(t.Context(), opts)
+	if rr != nil && rr.Process != nil {
+		adopt(t, rr.Process)
+	}
+	return rr, err
+}
+
 // adopt makes sure a restored root is killed and reaped when the test ends.
 func adopt(t testing.TB, p *os.Process) {
 	t.Helper()
