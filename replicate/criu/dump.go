@@ -29,6 +29,11 @@ type DumpOptions struct {
 	ParentDir string
 	// LeaveRunning thaws the tree after the dump instead of killing it.
 	LeaveRunning bool
+	// FreezeCgroup is the tree's freezer cgroup: CRIU stops the tree by
+	// freezing it instead of seizing task by task, and when the caller froze
+	// it beforehand (a barrier of its own), CRIU leaves it frozen after the
+	// dump for the caller to thaw.
+	FreezeCgroup string
 	// External lists resources outside the tree that CRIU should record
 	// as external (--external), e.g. "unix[<ino>]", "mnt[/path]:name".
 	External []string
@@ -165,6 +170,9 @@ func (d *Driver) dump(ctx context.Context, c *gocriu.Criu, opts DumpOptions, pre
 	ro.Pid = ptr(int32(opts.Pid))
 	ro.LogFile = ptr(logName)
 	ro.External = opts.External
+	if opts.FreezeCgroup != "" {
+		ro.FreezeCgroup = ptr(opts.FreezeCgroup)
+	}
 	if pre || parent != "" || c != nil {
 		// Soft-dirty tracking: the pages a later dump needs are those
 		// written since this one.
@@ -197,7 +205,7 @@ func (d *Driver) dump(ctx context.Context, c *gocriu.Criu, opts DumpOptions, pre
 	if err != nil || hookErr != nil {
 		return res, newError(op, opErr, opts.Pid, opts.ImagesDir, logPath, err, hookErr)
 	}
-	if res.Stats, err = readDumpStats(opts.ImagesDir); err != nil {
+	if res.Stats, err = readDumpStats(workDir); err != nil {
 		return res, fmt.Errorf("criu %s pid %d succeeded, but: %w", op, opts.Pid, err)
 	}
 	return res, nil

@@ -152,7 +152,7 @@ func (d *Driver) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResu
 	if res.Process, err = os.FindProcess(pid); err != nil {
 		return res, fmt.Errorf("criu restore: restored pid %d: %w", pid, err)
 	}
-	if res.Stats, err = readRestoreStats(opts.ImagesDir); err != nil {
+	if res.Stats, err = readRestoreStats(workDir); err != nil {
 		return res, fmt.Errorf("criu restore pid %d succeeded, but: %w", pid, err)
 	}
 	return res, nil

@@ -86,7 +86,8 @@ func readStatsFile(dir, name string) (*stats.StatsEntry, error) {
 	return e, nil
 }
 
-// readDumpStats decodes stats-dump from the images directory.
+// readDumpStats decodes stats-dump from the directory CRIU worked in (its
+// --work-dir, the images directory unless set).
 func readDumpStats(dir string) (DumpStats, error) {
 	e, err := readStatsFile(dir, stats.StatsDump)
 	if err != nil {
@@ -117,7 +118,7 @@ func dumpStatsFrom(s *stats.DumpStatsEntry) (DumpStats, error) {
 	}, nil
 }
 
-// readRestoreStats decodes stats-restore from the images directory.
+// readRestoreStats decodes stats-restore from the directory CRIU worked in.
 func readRestoreStats(dir string) (RestoreStats, error) {
 	e, err := readStatsFile(dir, stats.StatsRestore)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -74,6 +75,11 @@ func Main(args []string) int {
 		_ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 	}
 
+	if err := waitGate(); err != nil {
+		fmt.Fprintf(os.Stderr, "doppel %s: %v\n", Subcommand, err)
+		return ExitCannotExec
+	}
+
 	path, err := exec.LookPath(args[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "doppel %s: %v\n", Subcommand, err)
@@ -114,6 +120,36 @@ func Main(args []string) int {
 			// ESRCH: the child is already gone and about to be reaped.
 			_ = unix.Kill(pid, s)
 		}
+	}
+}
+
+// waitGate blocks until Start allows the application to start (one byte on
+// the gate descriptor), then closes the descriptor and removes it from the
+// environment, so the tree holds nothing of it.
+func waitGate() error {
+	v, ok := os.LookupEnv(gateEnv)
+	if !ok {
+		return nil
+	}
+	os.Unsetenv(gateEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return fmt.Errorf("bad %s=%q", gateEnv, v)
+	}
+	var b [1]byte
+	for {
+		n, err := unix.Read(fd, b[:])
+		if err == unix.EINTR {
+			continue
+		}
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("wait for start: %w", err)
+		}
+		if n != 1 {
+			return errors.New("start was cancelled")
+		}
+		return nil
 	}
 }
 

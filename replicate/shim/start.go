@@ -40,7 +40,16 @@ type StartOptions struct {
 	// opened with O_APPEND for output, and hand the same paths to the CRIU
 	// restore so a log that grew after a checkpoint does not break it.
 	Stdin, Stdout, Stderr *os.File
+	// BeforeApp, when set, runs with the init's host PID after the init
+	// exists and before it starts the application, e.g. to put the init
+	// into a cgroup that the whole tree must belong to. An error stops the
+	// init and fails Start.
+	BeforeApp func(pid int) error
 }
+
+// gateEnv names the descriptor on which the init waits for Start's go-ahead
+// (see StartOptions.BeforeApp).
+const gateEnv = "DOPPEL_SHIM_GATE"
 
 // Process is an init started by Start: the root of the application's tree
 // as seen from the host. Its methods are safe for concurrent use.
@@ -113,10 +122,35 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 		Cloneflags: unix.CLONE_NEWPID,
 		Setsid:     true,
 	}
+	var gate *os.File
+	if opts.BeforeApp != nil {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		toClose = append(toClose, r)
+		gate = w
+		defer gate.Close()
+		cmd.ExtraFiles = []*os.File{r} // fd 3 in the init
+		cmd.Env = append(cmd.Env, gateEnv+"=3")
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s under %s: %w", opts.Args[0], opts.Exe, err)
 	}
-	return &Process{Pid: cmd.Process.Pid, proc: cmd.Process}, nil
+	p := &Process{Pid: cmd.Process.Pid, proc: cmd.Process}
+	if opts.BeforeApp != nil {
+		if err := opts.BeforeApp(p.Pid); err != nil {
+			_ = p.Kill()
+			_, _ = p.Wait()
+			return nil, err
+		}
+		if _, err := gate.Write([]byte{1}); err != nil {
+			_ = p.Kill()
+			_, _ = p.Wait()
+			return nil, fmt.Errorf("start %s: release init: %w", opts.Args[0], err)
+		}
+	}
+	return p, nil
 }
 
 // Attach returns the Process of an init the caller did not start itself
