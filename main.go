@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -19,9 +20,11 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"doppel/node/config"
 	"doppel/node/doctor"
+	"doppel/replicate/shim"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -80,7 +83,9 @@ func newRoot(a *app) *cobra.Command {
 	pf.String("criu", "", "criu binary (config criu.path)")
 	pf.String("log-level", "", "debug, info, warn or error (config log.level)")
 
-	root.AddCommand(newDoctorCmd(a), newVersionCmd())
+	root.AddCommand(newDoctorCmd(a), newVersionCmd(),
+		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newStopCmd(a),
+		newLsCmd(a), newEpochsCmd(a), newExportCmd(a), newImportCmd(a))
 	return root
 }
 
@@ -152,6 +157,15 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 }
 
 func main() {
+	// Descriptors inherited from the shell (without close-on-exec) would
+	// leak into every app doppel starts and tie it to processes outside
+	// its tree, which CRIU cannot checkpoint.
+	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	// The init of an app's PID namespace is this binary; it skips cobra and
+	// configuration so that nothing but the init runs in the app's tree.
+	if len(os.Args) > 1 && os.Args[1] == shim.Subcommand {
+		os.Exit(shim.Main(os.Args[2:]))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

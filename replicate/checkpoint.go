@@ -1,0 +1,256 @@
+package replicate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"doppel/introspect"
+	"doppel/replicate/criu"
+	"doppel/replicate/datafile"
+	"doppel/replicate/freezer"
+	"doppel/replicate/store"
+)
+
+// ErrNotRunning means the app has no live process tree on this node.
+var ErrNotRunning = errors.New("app is not running")
+
+// CheckpointOptions are the caller's inputs to one checkpoint.
+type CheckpointOptions struct {
+	// Observer receives phase events; nil for none.
+	Observer Observer
+	// Barrier is called inside the PSB phase once the tree is frozen; it
+	// pauses the ingress proxy at a message boundary and returns the
+	// journal position to record. Nil: position 0.
+	Barrier func(ctx context.Context) (uint64, error)
+	// Resume is called as soon as the app runs again (success or not).
+	Resume func()
+}
+
+// Checkpoint captures a running app as a new epoch: PSB (freeze the app's
+// cgroup), RM (resource graph and preflight of the frozen tree), SRM (data
+// files), PRM (CRIU dump, resume, page delta into the store). A blocker at
+// RM or any failure resumes the app and discards the partial epoch; the
+// previous epochs stay as they were.
+func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOptions) (*store.Epoch, error) {
+	unlock, err := e.apps.lock(name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st, err := e.apps.load(name)
+	if err != nil {
+		return nil, err
+	}
+	if !alive(st.Pid) {
+		return nil, fmt.Errorf("%w: %s (doppel restore %s brings it back from its newest epoch)", ErrNotRunning, name, name)
+	}
+	criuPath, err := e.criuPath(ctx)
+	if err != nil {
+		return nil, err
+	}
+	drv, err := e.driver(criuPath)
+	if err != nil {
+		return nil, err
+	}
+	parent, err := e.store.Latest(name)
+	if err != nil && !errors.Is(err, store.ErrNoEpoch) {
+		return nil, err
+	}
+	number := parent + 1
+	cg, err := freezer.Open(e.cfg.Freezer, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.ensureInCgroup(cg, st); err != nil {
+		return nil, err
+	}
+
+	clock := &phaseClock{app: name, epoch: number, obs: opts.Observer}
+	var m store.Manifest
+	m.Term = st.Term
+	m.CRIUVersion = e.criuVersion
+	m.Kernel = e.kernel
+
+	// Everything below runs with the app frozen until thaw() is called;
+	// every return path thaws it.
+	frozen := false
+	thaw := func() {
+		if !frozen {
+			return
+		}
+		if err := cg.Thaw(); err != nil {
+			e.log.Error("thaw failed", "app", name, "err", err)
+		}
+		frozen = false
+		if opts.Resume != nil {
+			opts.Resume()
+		}
+	}
+	defer thaw()
+
+	// PSB: every process stopped at once, the proxy paused.
+	clock.begin(PSB)
+	fctx, cancel := context.WithTimeout(ctx, e.cfg.FreezeTimeout)
+	err = cg.Freeze(fctx)
+	cancel()
+	if err == nil {
+		frozen = true
+		if opts.Barrier != nil {
+			m.Barrier, err = opts.Barrier(ctx)
+		}
+	}
+	m.Phases.PSB = clock.end(err)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: barrier: %w", name, err)
+	}
+
+	// RM: the resource graph of the frozen tree decides; blockers abort
+	// before anything is written.
+	clock.begin(RM)
+	icfg := e.cfg.Introspect
+	icfg.DataPaths = st.Spec.DataPaths
+	g, err := introspect.Scan(ctx, st.Pid, icfg)
+	if err == nil {
+		err = g.Check()
+	}
+	m.Phases.RM = clock.end(err)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
+	}
+
+	tx, err := e.store.Begin(name, number, parent)
+	if err != nil {
+		return nil, err
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Abort()
+		}
+	}()
+
+	// SRM: data files, while memory and disk agree.
+	clock.begin(SRM)
+	err = e.snapshotData(ctx, tx, st, parent, &m)
+	m.Phases.SRM = clock.end(err)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: data files: %w", name, err)
+	}
+
+	// PRM: CRIU captures memory, registers and the remaining kernel
+	// objects of the frozen tree (it finds the cgroup frozen and leaves it
+	// so); the app resumes; then the page delta goes into the store.
+	clock.begin(PRM)
+	work, err := os.MkdirTemp(e.cfg.WorkDir, "doppel-dump-"+name+"-")
+	if err != nil {
+		clock.end(err)
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	imgDir := filepath.Join(work, "images")
+	if err := os.Mkdir(imgDir, 0o700); err != nil {
+		clock.end(err)
+		return nil, err
+	}
+	res, err := drv.Dump(ctx, criu.DumpOptions{
+		Pid:          st.Pid,
+		ImagesDir:    imgDir,
+		WorkDir:      work,
+		LeaveRunning: true,
+		FreezeCgroup: cg.Path,
+	})
+	thaw()
+	if err != nil {
+		clock.end(err)
+		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
+	}
+	m.CRIUStats = statsMap(res.Stats)
+	err = tx.AddImageDir(ctx, imgDir)
+	m.Phases.PRM = clock.end(err)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: store images: %w", name, err)
+	}
+	ep, err := tx.Commit(m)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: commit epoch %d: %w", name, number, err)
+	}
+	committed = true
+	if _, err := e.store.GC(ctx); err != nil {
+		e.log.Warn("gc after checkpoint failed", "app", name, "err", err)
+	}
+	e.log.Info("epoch stored", "app", name, "epoch", number,
+		"psb", m.Phases.PSB, "rm", m.Phases.RM, "srm", m.Phases.SRM, "prm", m.Phases.PRM,
+		"pages_changed", ep.Manifest.Pages.Changed, "bytes", ep.Manifest.Bytes.Stored)
+	return ep, nil
+}
+
+// ensureInCgroup puts an app that is not yet in its freezer cgroup (one
+// restored by an older run, or adopted) there.
+func (e *Engine) ensureInCgroup(cg *freezer.Cgroup, st *AppState) error {
+	pids, err := cg.Pids()
+	if err != nil {
+		return err
+	}
+	for _, p := range pids {
+		if p == st.Pid {
+			return nil
+		}
+	}
+	return cg.Add(st.Pid)
+}
+
+// driver builds a CRIU driver for this engine's configuration.
+func (e *Engine) driver(path string) (*criu.Driver, error) {
+	c := e.cfg.CRIU
+	c.Path = path
+	return criu.New(c)
+}
+
+// statsMap records CRIU's dump stats in the manifest under CRIU's names,
+// times in microseconds.
+func statsMap(s criu.DumpStats) map[string]uint64 {
+	us := func(d time.Duration) uint64 { return uint64(d.Microseconds()) }
+	return map[string]uint64{
+		"freezing_time":        us(s.FreezingTime),
+		"frozen_time":          us(s.FrozenTime),
+		"memdump_time":         us(s.MemdumpTime),
+		"memwrite_time":        us(s.MemwriteTime),
+		"irmap_resolve":        us(s.IrmapResolve),
+		"pages_scanned":        s.PagesScanned,
+		"pages_skipped_parent": s.PagesSkippedParent,
+		"pages_written":        s.PagesWritten,
+		"pages_lazy":           s.PagesLazy,
+		"page_pipes":           s.PagePipes,
+		"page_pipe_bufs":       s.PagePipeBufs,
+		"shpages_scanned":      s.ShpagesScanned,
+		"shpages_skipped":      s.ShpagesSkipped,
+		"shpages_written":      s.ShpagesWritten,
+	}
+}
+
+// snapshotData records the app's declared data paths into the epoch as a
+// block delta against the parent epoch's snapshot.
+func (e *Engine) snapshotData(ctx context.Context, tx *store.Txn, st *AppState, parent uint64, m *store.Manifest) error {
+	if len(st.Spec.DataPaths) == 0 {
+		return nil
+	}
+	var prev *store.DataSet
+	if parent != 0 {
+		pe, err := e.store.Load(st.Spec.Name, parent)
+		if err != nil {
+			return err
+		}
+		prev = pe.Data
+	}
+	set, counts, err := datafile.Snapshot(st.Spec.DataPaths, prev, tx, datafile.DefaultConfig())
+	if err != nil {
+		return err
+	}
+	tx.SetData(set)
+	m.Data = counts
+	return ctx.Err()
+}
