@@ -44,8 +44,15 @@ type Config struct {
 	// /proc/PID/maps only (layout and sizes, no residency).
 	MapSizes bool
 
-	// Threads reads the name, state and CPU time of every thread. False
-	// lists thread IDs only.
+	// FDInfo reads /proc/PID/fdinfo for the offset and open flags of
+	// regular files and the details of anonymous inodes (eventfd count,
+	// epoll targets, inotify watches). False takes the open mode from the
+	// descriptor's link and leaves offsets, flags and details empty.
+	FDInfo bool
+
+	// Threads lists every thread with its name, state and CPU time. False
+	// leaves Process.Threads empty (Process.ThreadCount still counts
+	// them).
 	Threads bool
 
 	// OutsideHolders looks through the descriptors of every process
@@ -73,11 +80,24 @@ func DefaultConfig() Config {
 		ProcRoot:         "/proc",
 		Scope:            ScopeTree,
 		MapSizes:         true,
+		FDInfo:           true,
 		Threads:          true,
 		OutsideHolders:   true,
 		GhostLimit:       1 << 20,
 		UseProcConnector: true,
 	}
+}
+
+// CheckpointConfig is DefaultConfig for a scan inside a checkpoint's freeze
+// window: it keeps everything a verdict depends on (so Preflight finds the
+// same findings) and drops the details that cost most — page-table walks
+// for mapping sizes, fdinfo reads, per-thread stats.
+func CheckpointConfig() Config {
+	cfg := DefaultConfig()
+	cfg.MapSizes = false
+	cfg.FDInfo = false
+	cfg.Threads = false
+	return cfg
 }
 
 // normalized returns cfg with zero values replaced by defaults and the

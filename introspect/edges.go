@@ -2,6 +2,7 @@ package introspect
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -10,11 +11,21 @@ import (
 // edgeSet collects edges without duplicates.
 type edgeSet struct {
 	g    *Graph
-	seen map[string]int
+	seen map[edgeKey]int
+}
+
+type edgeKey struct {
+	kind          EdgeKind
+	from, to, via string
+}
+
+// addUnique adds an edge known not to be in the set yet.
+func (es *edgeSet) addUnique(e Edge) {
+	es.g.Edges = append(es.g.Edges, e)
 }
 
 func (es *edgeSet) add(e Edge) {
-	k := e.Key()
+	k := edgeKey{e.Kind, e.From, e.To, e.Via}
 	if i, ok := es.seen[k]; ok {
 		if e.Reason != "" && !strings.Contains(es.g.Edges[i].Reason, e.Reason) {
 			es.g.Edges[i].Reason += "; " + e.Reason
@@ -47,29 +58,46 @@ func holderPIDs(hs []Holder) []int {
 }
 
 func fdList(hs []Holder, pid int) string {
-	var parts []string
+	var buf [64]byte
+	b := buf[:0]
 	for _, h := range hs {
 		if h.PID != pid {
 			continue
 		}
-		s := "fd " + strconv.Itoa(h.FD)
-		if h.Access != "" {
-			s += " (" + h.Access + ")"
+		if len(b) > 0 {
+			b = append(b, ", "...)
 		}
-		parts = append(parts, s)
+		b = append(b, "fd "...)
+		b = strconv.AppendInt(b, int64(h.FD), 10)
+		if h.Access != "" {
+			b = append(b, " ("...)
+			b = append(b, h.Access...)
+			b = append(b, ')')
+		}
 	}
-	return strings.Join(parts, ", ")
+	return string(b)
 }
 
-// buildEdges derives the dependency edges from the nodes.
+// pid returns the node ID of the tree process p.
+func (s *scanner) pid(p int) string {
+	if n := s.procs[p]; n != nil {
+		return n.ID
+	}
+	return ProcessID(p)
+}
+
+// buildEdges derives the dependency edges from the nodes, in node order, so
+// that the same tree gives the same edge order.
 func (s *scanner) buildEdges() {
-	es := &edgeSet{g: s.g, seen: make(map[string]int, len(s.nodes)*2)}
+	slices.SortFunc(s.nodes, nodeCmp)
+	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, len(s.nodes)*2)}
+	s.g.Edges = make([]Edge, 0, len(s.nodes)*2)
 	s.internal = map[string]bool{}
 
 	for _, pid := range s.order {
 		p := s.procs[pid].Process
 		if s.procs[p.PPID] != nil {
-			es.add(Edge{From: ProcessID(p.PPID), To: ProcessID(pid), Kind: EdgeChild, Reason: "parent of " + strconv.Itoa(pid)})
+			es.addUnique(Edge{From: s.pid(p.PPID), To: s.pid(pid), Kind: EdgeChild, Reason: "parent of " + strconv.Itoa(pid)})
 		}
 	}
 
@@ -97,12 +125,12 @@ func (s *scanner) buildEdges() {
 	for _, n := range s.nodes {
 		// Who holds it, and who writes it.
 		for _, pid := range holderPIDs(n.Holders) {
-			es.add(Edge{From: ProcessID(pid), To: n.ID, Kind: EdgeHolds, Reason: fdList(n.Holders, pid)})
+			es.addUnique(Edge{From: s.pid(pid), To: n.ID, Kind: EdgeHolds, Reason: fdList(n.Holders, pid)})
 		}
 		if (n.Kind == KindFile || n.Kind == KindPosixShm) && n.File != nil {
 			for _, h := range n.Holders {
 				if strings.Contains(h.Access, "w") {
-					es.add(Edge{From: ProcessID(h.PID), To: n.ID, Kind: EdgeWrites,
+					es.add(Edge{From: s.pid(h.PID), To: n.ID, Kind: EdgeWrites,
 						Reason: fmt.Sprintf("fd %d open for writing", h.FD)})
 				}
 			}
@@ -111,9 +139,9 @@ func (s *scanner) buildEdges() {
 		mappers := map[int]bool{}
 		var mpids []int
 		for _, m := range n.Mappers {
-			es.add(Edge{From: ProcessID(m.PID), To: n.ID, Kind: EdgeMaps, Reason: fmt.Sprintf("mapped at %#x-%#x %s", m.Start, m.End, m.Perms)})
+			es.add(Edge{From: s.pid(m.PID), To: n.ID, Kind: EdgeMaps, Reason: fmt.Sprintf("mapped at %#x-%#x %s", m.Start, m.End, m.Perms)})
 			if (n.Kind == KindFile || n.Kind == KindPosixShm) && strings.Contains(m.Perms, "w") && strings.HasSuffix(m.Perms, "s") {
-				es.add(Edge{From: ProcessID(m.PID), To: n.ID, Kind: EdgeWrites, Reason: fmt.Sprintf("mapped shared writable at %#x", m.Start)})
+				es.add(Edge{From: s.pid(m.PID), To: n.ID, Kind: EdgeWrites, Reason: fmt.Sprintf("mapped shared writable at %#x", m.Start)})
 			}
 			if !mappers[m.PID] {
 				mappers[m.PID] = true
@@ -127,7 +155,7 @@ func (s *scanner) buildEdges() {
 				kind = EdgeSysVShm
 			}
 			for _, other := range mpids[1:] {
-				es.add(Edge{From: ProcessID(mpids[0]), To: ProcessID(other), Kind: kind, Via: n.ID, Reason: "both map " + n.Label})
+				es.add(Edge{From: s.pid(mpids[0]), To: s.pid(other), Kind: kind, Via: n.ID, Reason: "both map " + n.Label})
 			}
 		}
 
@@ -145,7 +173,7 @@ func (s *scanner) buildEdges() {
 			for _, w := range writers {
 				for _, r := range readers {
 					if w != r {
-						es.add(Edge{From: ProcessID(w), To: ProcessID(r), Kind: EdgePipe, Via: n.ID,
+						es.add(Edge{From: s.pid(w), To: s.pid(r), Kind: EdgePipe, Via: n.ID,
 							Reason: fmt.Sprintf("%d writes %s (%s), %d reads it (%s)", w, n.Label, fdList(onlyAccess(n.Holders, "w"), w), r, fdList(onlyAccess(n.Holders, "r"), r))})
 					}
 				}
@@ -159,7 +187,7 @@ func (s *scanner) buildEdges() {
 			}
 			if si.State == "listen" {
 				for _, pid := range holderPIDs(n.Holders) {
-					es.add(Edge{From: ProcessID(pid), To: n.ID, Kind: EdgeService, Reason: si.Protocol + " listens on " + si.Local})
+					es.add(Edge{From: s.pid(pid), To: n.ID, Kind: EdgeService, Reason: si.Protocol + " listens on " + si.Local})
 				}
 				break
 			}
@@ -184,7 +212,7 @@ func (s *scanner) buildEdges() {
 				for _, a := range holderPIDs(client.Holders) {
 					for _, b := range holderPIDs(server.Holders) {
 						if a != b {
-							es.add(Edge{From: ProcessID(a), To: ProcessID(b), Kind: EdgeTCP, Via: client.ID,
+							es.add(Edge{From: s.pid(a), To: s.pid(b), Kind: EdgeTCP, Via: client.ID,
 								Reason: fmt.Sprintf("%s %s -> %s %s", si.Protocol, client.Socket.Local, server.Socket.Local, client.Socket.State)})
 						}
 					}
@@ -194,7 +222,7 @@ func (s *scanner) buildEdges() {
 			pn := s.node("peer:"+si.Protocol+":"+si.Remote, KindPeer, si.Protocol+" "+si.Remote)
 			pn.Peer = &PeerInfo{Protocol: si.Protocol, Address: si.Remote}
 			for _, pid := range holderPIDs(n.Holders) {
-				es.add(Edge{From: ProcessID(pid), To: pn.ID, Kind: EdgeExternal, Via: n.ID,
+				es.add(Edge{From: s.pid(pid), To: pn.ID, Kind: EdgeExternal, Via: n.ID,
 					Reason: fmt.Sprintf("%s %s -> %s %s", si.Protocol, si.Local, si.Remote, si.State)})
 			}
 		}
@@ -204,7 +232,7 @@ func (s *scanner) buildEdges() {
 		if n.Socket != nil {
 			if pids := holderPIDs(n.Holders); len(pids) > 1 {
 				for _, other := range pids[1:] {
-					es.add(Edge{From: ProcessID(pids[0]), To: ProcessID(other), Kind: EdgeShares, Via: n.ID, Reason: "both hold " + n.Label})
+					es.add(Edge{From: s.pid(pids[0]), To: s.pid(other), Kind: EdgeShares, Via: n.ID, Reason: "both hold " + n.Label})
 				}
 			}
 		}
@@ -213,11 +241,11 @@ func (s *scanner) buildEdges() {
 		if n.IPC != nil {
 			for _, pid := range []int{n.IPC.CPID, n.IPC.LPID, n.IPC.LRPID} {
 				if s.procs[pid] != nil && !mappers[pid] {
-					es.add(Edge{From: ProcessID(pid), To: n.ID, Kind: EdgeOwns, Reason: ownsReason(n.IPC, pid)})
+					es.add(Edge{From: s.pid(pid), To: n.ID, Kind: EdgeOwns, Reason: ownsReason(n.IPC, pid)})
 				}
 			}
 			if n.IPC.CPID == 0 && n.IPC.LPID == 0 && n.IPC.LRPID == 0 && len(n.Mappers) == 0 {
-				es.add(Edge{From: ProcessID(s.g.Root), To: n.ID, Kind: EdgeOwns, Reason: "in the tree's IPC namespace"})
+				es.add(Edge{From: s.pid(s.g.Root), To: n.ID, Kind: EdgeOwns, Reason: "in the tree's IPC namespace"})
 			}
 		}
 	}
@@ -253,7 +281,7 @@ func (s *scanner) unixEdges(es *edgeSet, n *Node) {
 	}
 	if si.State == "listen" {
 		for _, pid := range holderPIDs(n.Holders) {
-			es.add(Edge{From: ProcessID(pid), To: n.ID, Kind: EdgeService, Reason: "unix listens on " + si.Local})
+			es.add(Edge{From: s.pid(pid), To: n.ID, Kind: EdgeService, Reason: "unix listens on " + si.Local})
 		}
 		return
 	}
@@ -278,7 +306,7 @@ func (s *scanner) unixEdges(es *edgeSet, n *Node) {
 	for _, a := range holderPIDs(from.Holders) {
 		for _, b := range holderPIDs(to.Holders) {
 			if a != b {
-				es.add(Edge{From: ProcessID(a), To: ProcessID(b), Kind: kind, Via: from.ID,
+				es.add(Edge{From: s.pid(a), To: s.pid(b), Kind: kind, Via: from.ID,
 					Reason: fmt.Sprintf("unix %s %s <-> %s", si.Type, unixEnd(from.Socket), unixEnd(to.Socket))})
 			}
 		}

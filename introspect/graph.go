@@ -1,6 +1,7 @@
 package introspect
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"sort"
@@ -131,8 +132,11 @@ type Graph struct {
 	// exited during the scan or a file was unreadable. Problems says what.
 	Partial  bool      `json:"partial"`
 	Problems []Problem `json:"problems,omitempty"`
-	Nodes    []Node    `json:"nodes"`
-	Edges    []Edge    `json:"edges"`
+	// Nodes are ordered: processes by pid, then resources by kind and ID.
+	Nodes []Node `json:"nodes"`
+	// Edges come in a fixed order for a given tree: parent/child edges
+	// first, then the edges of each node in node order.
+	Edges []Edge `json:"edges"`
 
 	index map[string]int
 }
@@ -196,27 +200,28 @@ type OutsideHolder struct {
 
 // Process describes one process of the tree.
 type Process struct {
-	PID        int               `json:"pid"`
-	NSPID      []int             `json:"nspid,omitempty"` // NSpid of /proc/PID/status: host pid first, innermost namespace last
-	PPID       int               `json:"ppid"`
-	PGID       int               `json:"pgid"`
-	SID        int               `json:"sid"`
-	Comm       string            `json:"comm"`
-	Cmdline    []string          `json:"cmdline,omitempty"`
-	Exe        string            `json:"exe,omitempty"`
-	State      string            `json:"state"` // one letter, as in /proc/PID/stat
-	UID        int               `json:"uid"`
-	TracerPID  int               `json:"tracer_pid,omitempty"`
-	StartTicks uint64            `json:"start_ticks"` // start time in clock ticks after boot; tells a reused pid apart
-	CPUTime    time.Duration     `json:"cpu_ns"`      // user plus system time of all threads
-	RSS        uint64            `json:"rss_bytes"`
-	PSS        uint64            `json:"pss_bytes,omitempty"` // only when Config.MapSizes
-	Cgroups    []string          `json:"cgroups,omitempty"`   // lines of /proc/PID/cgroup
-	Namespaces map[string]uint64 `json:"namespaces,omitempty"`
-	Threads    []Thread          `json:"threads"`
-	Mappings   []Mapping         `json:"mappings,omitempty"`
-	MapSummary []MapSummary      `json:"map_summary,omitempty"`
-	FDCount    int               `json:"fd_count"`
+	PID         int               `json:"pid"`
+	NSPID       []int             `json:"nspid,omitempty"` // NSpid of /proc/PID/status: host pid first, innermost namespace last
+	PPID        int               `json:"ppid"`
+	PGID        int               `json:"pgid"`
+	SID         int               `json:"sid"`
+	Comm        string            `json:"comm"`
+	Cmdline     []string          `json:"cmdline,omitempty"`
+	Exe         string            `json:"exe,omitempty"`
+	State       string            `json:"state"` // one letter, as in /proc/PID/stat
+	UID         int               `json:"uid"`
+	TracerPID   int               `json:"tracer_pid,omitempty"`
+	StartTicks  uint64            `json:"start_ticks"` // start time in clock ticks after boot; tells a reused pid apart
+	CPUTime     time.Duration     `json:"cpu_ns"`      // user plus system time of all threads
+	RSS         uint64            `json:"rss_bytes"`
+	PSS         uint64            `json:"pss_bytes,omitempty"` // only when Config.MapSizes
+	Cgroups     []string          `json:"cgroups,omitempty"`   // lines of /proc/PID/cgroup
+	Namespaces  map[string]uint64 `json:"namespaces,omitempty"`
+	ThreadCount int               `json:"thread_count"`
+	Threads     []Thread          `json:"threads,omitempty"` // only with Config.Threads
+	Mappings    []Mapping         `json:"mappings,omitempty"`
+	MapSummary  []MapSummary      `json:"map_summary,omitempty"`
+	FDCount     int               `json:"fd_count"`
 	// Unreadable lists what could not be read about this process, as
 	// "what: error"; nothing is dropped silently.
 	Unreadable []string `json:"unreadable,omitempty"`
@@ -478,30 +483,19 @@ func (g *Graph) Check() error {
 	return &BlockedError{Blockers: bl}
 }
 
-// nodeOrder sorts processes first by pid, then other nodes by kind and ID.
-func nodeLess(a, b *Node) bool {
+// nodeCmp orders processes first by pid, then other nodes by kind and ID.
+func nodeCmp(a, b *Node) int {
 	ap, bp := a.Kind == KindProcess, b.Kind == KindProcess
-	if ap != bp {
-		return ap
+	switch {
+	case ap && !bp:
+		return -1
+	case bp && !ap:
+		return 1
+	case ap:
+		return cmp.Compare(a.Process.PID, b.Process.PID)
 	}
-	if ap {
-		return a.Process.PID < b.Process.PID
+	if c := strings.Compare(string(a.Kind), string(b.Kind)); c != 0 {
+		return c
 	}
-	if a.Kind != b.Kind {
-		return a.Kind < b.Kind
-	}
-	return a.ID < b.ID
-}
-
-func edgeLess(a, b *Edge) bool {
-	if a.Kind != b.Kind {
-		return a.Kind < b.Kind
-	}
-	if a.From != b.From {
-		return a.From < b.From
-	}
-	if a.To != b.To {
-		return a.To < b.To
-	}
-	return a.Via < b.Via
+	return strings.Compare(a.ID, b.ID)
 }

@@ -34,15 +34,34 @@ func newProcReader() *procReader {
 // readFileAt reads name relative to dirfd (unix.AT_FDCWD for an absolute
 // path) whole.
 func (r *procReader) readFileAt(dirfd int, name string) ([]byte, error) {
+	return r.read(dirfd, name, 0)
+}
+
+// readRecordAt reads a procfs file that the kernel prints as one record
+// (stat, status, cgroup, fdinfo, cmdline, comm): a read that leaves room
+// in the buffer returned all of it, which saves the read call that would
+// return 0. Files printed record by record (maps, smaps, sysvipc) come at
+// most a page per read and must use readFileAt.
+func (r *procReader) readRecordAt(dirfd int, name string) ([]byte, error) {
+	return r.read(dirfd, name, -1)
+}
+
+// readChildrenAt reads /proc/PID/task/TID/children. Its records are pids
+// of at most 8 bytes printed a page at a time, so a read shorter than a
+// page by more than a record is the last one.
+func (r *procReader) readChildrenAt(dirfd int, name string) ([]byte, error) {
+	return r.read(dirfd, name, 4096-16)
+}
+
+// read reads a file whole. done < 0 stops after a read that does not fill
+// the buffer; done > 0 stops after a read shorter than done bytes; 0
+// reads until end of file.
+func (r *procReader) read(dirfd int, name string, done int) ([]byte, error) {
 	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	return r.readFD(fd)
-}
-
-func (r *procReader) readFD(fd int) ([]byte, error) {
 	n := 0
 	for {
 		if n == len(r.buf) {
@@ -61,6 +80,9 @@ func (r *procReader) readFD(fd int) ([]byte, error) {
 			return r.buf[:n], nil
 		}
 		n += m
+		if (done < 0 && n < len(r.buf)) || (done > 0 && m < done) {
+			return r.buf[:n], nil
+		}
 	}
 }
 
@@ -77,16 +99,39 @@ func openat(dirfd int, name string, flags int) (int, error) {
 // readlinkAt returns the target of the symlink name under dirfd as a
 // string.
 func (r *procReader) readlinkAt(dirfd int, name string) (string, error) {
+	b, err := r.readlinkBytes(dirfd, name)
+	return string(b), err
+}
+
+// readlinkBytes is readlinkAt without the copy: the slice is valid until
+// the next readlink.
+func (r *procReader) readlinkBytes(dirfd int, name string) ([]byte, error) {
 	for {
 		n, err := unix.Readlinkat(dirfd, name, r.link)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		return string(r.link[:n]), nil
+		return r.link[:n], nil
 	}
+}
+
+// bracketNum parses the number in "kind:[123]"; ok is false without one.
+func bracketNum(b []byte) (uint64, bool) {
+	i := bytes.IndexByte(b, '[')
+	if i < 0 || len(b) < i+3 || b[len(b)-1] != ']' {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b[i+1 : len(b)-1] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
 }
 
 // readDirNames calls fn with each entry name of the directory dirfd, except
@@ -399,7 +444,12 @@ func accessOfLinkMode(mode uint32) string {
 
 // parseMaps walks /proc/PID/smaps or /proc/PID/maps and calls fn for each
 // mapping. Size lines of smaps fill the sizes; maps leaves them zero.
-func parseMaps(b []byte, fn func(m *Mapping)) error {
+// intern turns the repeated strings of mapping lines (perms, devices,
+// library paths) into strings; nil means plain conversion.
+func parseMaps(b []byte, intern func([]byte) string, fn func(m *Mapping)) error {
+	if intern == nil {
+		intern = func(b []byte) string { return string(b) }
+	}
 	var cur Mapping
 	have := false
 	for len(b) > 0 {
@@ -417,7 +467,7 @@ func parseMaps(b []byte, fn func(m *Mapping)) error {
 			if have {
 				fn(&cur)
 			}
-			m, err := parseMapHeader(line)
+			m, err := parseMapHeader(line, intern)
 			if err != nil {
 				return err
 			}
@@ -449,7 +499,7 @@ func parseMaps(b []byte, fn func(m *Mapping)) error {
 }
 
 // parseMapHeader parses "start-end perms offset dev inode path".
-func parseMapHeader(line []byte) (Mapping, error) {
+func parseMapHeader(line []byte, intern func([]byte) string) (Mapping, error) {
 	var m Mapping
 	bad := func() (Mapping, error) { return m, fmt.Errorf("maps: malformed line %q", truncate(line, 96)) }
 	rest := line
@@ -483,9 +533,9 @@ func parseMapHeader(line []byte) (Mapping, error) {
 	if m.Inode, err = strconv.ParseUint(string(ino), 10, 64); err != nil {
 		return bad()
 	}
-	m.Perms = string(perms)
-	m.Dev = string(dev)
-	m.Path = string(bytes.TrimLeft(rest, " "))
+	m.Perms = intern(perms)
+	m.Dev = intern(dev)
+	m.Path = intern(bytes.TrimLeft(rest, " "))
 	m.Size = m.End - m.Start
 	m.Kind = classifyMapping(&m)
 	return m, nil

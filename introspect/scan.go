@@ -1,10 +1,13 @@
 package introspect
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,21 +21,47 @@ import (
 var ErrNoProcess = errors.New("introspect: no such process")
 
 // nsNames are the namespaces recorded for each process.
-var nsNames = [...]string{"cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "user", "uts"}
+var nsNames = [...]string{"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
 
 // Scanner builds resource graphs. It keeps its read buffers between scans,
 // so a caller that scans repeatedly (the checkpoint engine, a Watcher)
 // allocates less. A Scanner is not safe for concurrent use.
 type Scanner struct {
-	cfg  Config
-	r    *procReader
-	self map[string]uint64 // namespaces of the scanning process
+	cfg   Config
+	r     *procReader
+	self  map[string]uint64 // namespaces of the scanning process
+	names []string          // decimal names of descriptor numbers
+	// nsPaths are "ns/NAME" for each of nsNames, built once.
+	nsPaths []string
+	// strs interns the strings that repeat across mappings and scans.
+	strs map[string]string
+	// lastThreads is the number of threads the last scan found; it picks
+	// the cheaper way to discover the next tree.
+	lastThreads int
+}
+
+// intern returns b as a string, shared with earlier equal strings. The
+// table is bounded: past maxInterned entries it starts over.
+func (sc *Scanner) intern(b []byte) string {
+	if s, ok := sc.strs[string(b)]; ok {
+		return s
+	}
+	const maxInterned = 1 << 14
+	if sc.strs == nil || len(sc.strs) >= maxInterned {
+		sc.strs = make(map[string]string, 256)
+	}
+	s := string(b)
+	sc.strs[s] = s
+	return s
 }
 
 // NewScanner returns a Scanner for cfg (zero fields take their defaults).
 func NewScanner(cfg Config) *Scanner {
 	cfg = cfg.normalized()
 	sc := &Scanner{cfg: cfg, r: newProcReader(), self: map[string]uint64{}}
+	for _, ns := range nsNames {
+		sc.nsPaths = append(sc.nsPaths, "ns/"+ns)
+	}
 	for _, ns := range []string{"ipc", "net", "pid"} {
 		if l, err := sc.r.readlinkAt(unix.AT_FDCWD, "/proc/self/ns/"+ns); err == nil {
 			sc.self[ns] = nsInode(l)
@@ -61,6 +90,7 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 	}
 	start := time.Now()
 	s := &scanner{
+		sc:      sc,
 		cfg:     sc.cfg,
 		r:       sc.r,
 		self:    sc.self,
@@ -68,6 +98,9 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 		byID:    make(map[string]*Node, 256),
 		procs:   make(map[int]*Node, 16),
 		sockets: make(map[uint64]*sockUse, 64),
+		stats:   make(map[statKey]unix.Stat_t, 64),
+		pipes:   make(map[uint64]*Node, 64),
+		files:   make(map[string]*Node, 64),
 	}
 	if err := s.run(ctx, root); err != nil {
 		return nil, err
@@ -78,6 +111,7 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 
 // scanner holds the state of one scan.
 type scanner struct {
+	sc   *Scanner
 	cfg  Config
 	r    *procReader
 	self map[string]uint64
@@ -92,6 +126,11 @@ type scanner struct {
 	peers   map[uint64]*diagSock // UNIX peers outside the tree
 	maps    map[int][]mapUse     // shared mappings per pid
 	devMaps []devMap
+	fdBuf   []int
+	stats   map[statKey]unix.Stat_t
+	pipes   map[uint64]*Node
+	files   map[string]*Node // "file:PATH" nodes by path
+	slab    []Node           // nodes are allocated from it in blocks
 	// internal holds the IDs of inet sockets whose peer is a socket of
 	// the tree.
 	internal map[string]bool
@@ -133,37 +172,51 @@ func (s *scanner) node(id string, kind NodeKind, label string) *Node {
 	if n, ok := s.byID[id]; ok {
 		return n
 	}
-	n := &Node{ID: id, Kind: kind, Label: label, Verdict: Verdict{Level: LevelOK}}
+	if len(s.slab) == 0 {
+		s.slab = make([]Node, 256)
+	}
+	n := &s.slab[0]
+	s.slab = s.slab[1:]
+	*n = Node{ID: id, Kind: kind, Label: label, Verdict: Verdict{Level: LevelOK}}
 	s.byID[id] = n
 	s.nodes = append(s.nodes, n)
 	return n
 }
 
 func (s *scanner) run(ctx context.Context, root int) error {
-	procRoot := s.cfg.ProcRoot
-	// The root must exist; everything after this is best effort.
-	if _, err := s.r.readFileAt(unix.AT_FDCWD, filepath.Join(procRoot, strconv.Itoa(root), "stat")); err != nil {
-		if isGone(err) {
-			return fmt.Errorf("scan pid %d: %w", root, ErrNoProcess)
+	// Tree discovery: through /proc/PID/task/TID/children (cost grows
+	// with the tree's threads), or, when the previous scan found more
+	// threads than the machine has processes, from the parent pid of
+	// every process (cost grows with the machine's processes).
+	var stats map[int]*statInfo
+	var kids map[int][]int
+	if s.sc.lastThreads >= 32 {
+		if pids, err := s.listPIDs(); err == nil && len(pids) < s.sc.lastThreads {
+			stats, kids = s.readAllStats(pids)
 		}
-		return fmt.Errorf("scan pid %d: %w", root, err)
 	}
 	queue := []int{root}
 	seen := map[int]bool{root: true}
 	rootPidNS := uint64(0)
+	threads := 0
 	for len(queue) > 0 {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		pid := queue[0]
 		queue = queue[1:]
-		children := s.readProcess(pid, pid == root)
+		children, err := s.readProcess(pid, pid == root, stats[pid], kids == nil)
 		if pid == root {
-			if n := s.procs[root]; n == nil {
-				return fmt.Errorf("scan pid %d: %w", root, ErrNoProcess)
-			} else {
-				rootPidNS = n.Process.Namespaces["pid"]
+			if err != nil {
+				return fmt.Errorf("scan pid %d: %w", root, err)
 			}
+			rootPidNS = s.procs[root].Process.Namespaces["pid"]
+		}
+		if n := s.procs[pid]; n != nil {
+			threads += n.Process.ThreadCount
+		}
+		if kids != nil {
+			children = kids[pid]
 		}
 		for _, c := range children {
 			if !seen[c] {
@@ -181,6 +234,7 @@ func (s *scanner) run(ctx context.Context, root int) error {
 			rootPidNS = 0 // one pass
 		}
 	}
+	s.sc.lastThreads = threads
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -193,6 +247,47 @@ func (s *scanner) run(ctx context.Context, root int) error {
 	s.judge()
 	s.finish()
 	return nil
+}
+
+// listPIDs lists the processes of the machine.
+func (s *scanner) listPIDs() ([]int, error) {
+	dfd, err := unix.Open(s.cfg.ProcRoot, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dfd)
+	var pids []int
+	err = s.r.readDirNames(dfd, func(name []byte) {
+		if n, ok := atoiBytes(name); ok {
+			pids = append(pids, n)
+		}
+	})
+	return pids, err
+}
+
+// readAllStats reads /proc/PID/stat of every pid and returns them with
+// the children of each pid.
+func (s *scanner) readAllStats(pids []int) (map[int]*statInfo, map[int][]int) {
+	stats := make(map[int]*statInfo, len(pids))
+	kids := make(map[int][]int, len(pids))
+	dfd, err := unix.Open(s.cfg.ProcRoot, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil
+	}
+	defer unix.Close(dfd)
+	for _, pid := range pids {
+		b, err := s.r.readRecordAt(dfd, strconv.Itoa(pid)+"/stat")
+		if err != nil {
+			continue
+		}
+		st, err := parseStat(b)
+		if err != nil {
+			continue
+		}
+		stats[pid] = &st
+		kids[st.PPID] = append(kids[st.PPID], pid)
+	}
+	return stats, kids
 }
 
 // pidsInNamespace lists the processes whose PID namespace is ns.
@@ -232,35 +327,44 @@ func nsInode(link string) uint64 {
 	return v
 }
 
-// readProcess reads one process of the tree into a node and returns its
-// children. A process that vanished is recorded as a problem.
-func (s *scanner) readProcess(pid int, isRoot bool) []int {
+// readProcess reads one process of the tree into a node and, when
+// wantChildren, returns its children. pre is its stat when already read.
+// A process that vanished is recorded as a problem, except the root, for
+// which the error (wrapping ErrNoProcess) is returned.
+func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren bool) ([]int, error) {
 	id := ProcessID(pid)
+	gone := func(what string, err error) ([]int, error) {
+		if isRoot {
+			if isGone(err) {
+				return nil, ErrNoProcess
+			}
+			return nil, err
+		}
+		s.problem(id, what, err, isGone(err))
+		return nil, nil
+	}
 	pdir := filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid))
 	dfd, err := openat(unix.AT_FDCWD, pdir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
-		if !isRoot {
-			s.problem(id, "process", err, isGone(err))
-		}
-		return nil
+		return gone("process", err)
 	}
 	defer unix.Close(dfd)
-	b, err := s.r.readFileAt(dfd, "stat")
-	if err != nil {
-		if !isRoot {
-			s.problem(id, "process", err, isGone(err))
+	var st statInfo
+	if pre != nil {
+		st = *pre
+	} else {
+		b, err := s.r.readRecordAt(dfd, "stat")
+		if err != nil {
+			return gone("process", err)
 		}
-		return nil
-	}
-	st, err := parseStat(b)
-	if err != nil {
-		s.problem(id, "stat", err, false)
-		return nil
+		if st, err = parseStat(b); err != nil {
+			return gone("stat", err)
+		}
 	}
 	p := &Process{
 		PID: pid, PPID: st.PPID, PGID: st.PGID, SID: st.SID, Comm: st.Comm, State: st.State,
 		StartTicks: st.StartTime, CPUTime: ticksToDuration(st.UTime + st.STime),
-		RSS: st.RSSPages * uint64(unix.Getpagesize()),
+		RSS: st.RSSPages * uint64(unix.Getpagesize()), ThreadCount: st.NumThreads,
 	}
 	n := s.node(id, KindProcess, strconv.Itoa(pid)+" "+st.Comm)
 	n.Process = p
@@ -277,7 +381,7 @@ func (s *scanner) readProcess(pid int, isRoot bool) []int {
 		p.Unreadable = append(p.Unreadable, what+": "+errString(err))
 	}
 
-	if b, err := s.r.readFileAt(dfd, "status"); err == nil {
+	if b, err := s.r.readRecordAt(dfd, "status"); err == nil {
 		ss := parseStatus(b)
 		p.UID, p.TracerPID, p.NSPID = ss.UID, ss.TracerPID, ss.NSPID
 		if ss.HasVmRSS {
@@ -286,7 +390,7 @@ func (s *scanner) readProcess(pid int, isRoot bool) []int {
 	} else {
 		unreadable("status", err)
 	}
-	if b, err := s.r.readFileAt(dfd, "cmdline"); err == nil {
+	if b, err := s.r.readRecordAt(dfd, "cmdline"); err == nil {
 		p.Cmdline = parseCmdline(b)
 	} else {
 		unreadable("cmdline", err)
@@ -296,14 +400,14 @@ func (s *scanner) readProcess(pid int, isRoot bool) []int {
 	} else if !errors.Is(err, unix.ENOENT) { // kernel threads and zombies have no exe
 		unreadable("exe", err)
 	}
-	if b, err := s.r.readFileAt(dfd, "cgroup"); err == nil {
+	if b, err := s.r.readRecordAt(dfd, "cgroup"); err == nil {
 		p.Cgroups = parseLines(b)
 	} else {
 		unreadable("cgroup", err)
 	}
 	p.Namespaces = make(map[string]uint64, len(nsNames))
-	for _, ns := range nsNames {
-		l, err := s.r.readlinkAt(dfd, "ns/"+ns)
+	for i, nsPath := range s.sc.nsPaths {
+		l, err := s.r.readlinkBytes(dfd, nsPath)
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue // namespace type not supported by this kernel
@@ -311,18 +415,21 @@ func (s *scanner) readProcess(pid int, isRoot bool) []int {
 			unreadable("namespaces", err)
 			break
 		}
-		p.Namespaces[ns] = nsInode(l)
+		p.Namespaces[nsNames[i]], _ = bracketNum(l)
 	}
 
-	children := s.readThreads(dfd, p, unreadable)
+	children := s.readThreads(dfd, p, wantChildren, unreadable)
 	s.readMappings(dfd, p, unreadable)
-	s.readFDs(dfd, pdir, p, unreadable)
-	return children
+	s.readFDs(dfd, p, unreadable)
+	return children, nil
 }
 
-// readThreads lists the threads of p and returns the children of all of
-// them.
-func (s *scanner) readThreads(dfd int, p *Process, unreadable func(string, error)) []int {
+// readThreads reads the threads of p (when Config.Threads) and, when
+// wantChildren, returns the children of all of them.
+func (s *scanner) readThreads(dfd int, p *Process, wantChildren bool, unreadable func(string, error)) []int {
+	if !s.cfg.Threads && !wantChildren {
+		return nil
+	}
 	tfd, err := openat(dfd, "task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		unreadable("task", err)
@@ -342,18 +449,23 @@ func (s *scanner) readThreads(dfd int, p *Process, unreadable func(string, error
 	childErr := false
 	for _, tid := range tids {
 		ts := strconv.Itoa(tid)
-		t := Thread{TID: tid}
 		if s.cfg.Threads {
-			if b, err := s.r.readFileAt(tfd, ts+"/stat"); err == nil {
+			t := Thread{TID: tid}
+			b, err := s.r.readRecordAt(tfd, ts+"/stat")
+			if err != nil && isGone(err) {
+				continue // the thread exited
+			}
+			if err == nil {
 				if st, err := parseStat(b); err == nil {
 					t.Comm, t.State, t.CPUTime = st.Comm, st.State, ticksToDuration(st.UTime+st.STime)
 				}
-			} else if isGone(err) {
-				continue // the thread exited
 			}
+			p.Threads = append(p.Threads, t)
 		}
-		p.Threads = append(p.Threads, t)
-		b, err := s.r.readFileAt(tfd, ts+"/children")
+		if !wantChildren {
+			continue
+		}
+		b, err := s.r.readChildrenAt(tfd, ts+"/children")
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) && !isGoneDir(tfd, ts) {
 				// Kernel without CONFIG_PROC_CHILDREN: fall back to
@@ -392,7 +504,7 @@ func (s *scanner) childrenByScan(ppid int) []int {
 		}
 	})
 	for _, pid := range pids {
-		b, err := s.r.readFileAt(dfd, strconv.Itoa(pid)+"/stat")
+		b, err := s.r.readRecordAt(dfd, strconv.Itoa(pid)+"/stat")
 		if err != nil {
 			continue
 		}
@@ -417,7 +529,12 @@ func (s *scanner) readMappings(dfd int, p *Process, unreadable func(string, erro
 	}
 	sums := map[MapKind]*MapSummary{}
 	var pss uint64
-	perr := parseMaps(b, func(m *Mapping) {
+	lines := bytes.Count(b, []byte{'\n'})
+	if s.cfg.MapSizes {
+		lines /= 20 // an smaps entry is over 20 lines
+	}
+	p.Mappings = make([]Mapping, 0, lines+1)
+	perr := parseMaps(b, s.sc.intern, func(m *Mapping) {
 		mm := *m
 		pss += mm.PSS
 		if id := s.mappingResource(p.PID, &mm); id != "" {
@@ -476,7 +593,11 @@ func (s *scanner) mappingResource(pid int, m *Mapping) string {
 		} else if strings.HasPrefix(path, "/dev/") {
 			s.devMaps = append(s.devMaps, devMap{pid: pid, path: path})
 		}
-		n = s.node("file:"+path, kind, path)
+		n = s.files[path]
+		if n == nil {
+			n = s.node("file:"+path, kind, path)
+			s.files[path] = n
+		}
 		if n.File == nil {
 			n.File = &FileInfo{Path: path, Deleted: deleted, Type: "regular", Dev: m.Dev, Inode: m.Inode}
 		}
@@ -497,143 +618,6 @@ func (s *scanner) mappingResource(pid int, m *Mapping) string {
 	}
 	s.maps[pid] = append(s.maps[pid], mapUse{id: n.ID, m: Mapper{PID: pid, Start: m.Start, End: m.End, Perms: m.Perms}})
 	return n.ID
-}
-
-// readFDs resolves every descriptor of p to a resource node.
-func (s *scanner) readFDs(dfd int, pdir string, p *Process, unreadable func(string, error)) {
-	fdDir, err := openat(dfd, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
-	if err != nil {
-		unreadable("fds", err)
-		return
-	}
-	defer unix.Close(fdDir)
-	var fds []int
-	if err := s.r.readDirNames(fdDir, func(name []byte) {
-		if n, ok := atoiBytes(name); ok {
-			fds = append(fds, n)
-		}
-	}); err != nil {
-		unreadable("fds", err)
-	}
-	sort.Ints(fds)
-	infoDir, err := openat(dfd, "fdinfo", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
-	if err != nil {
-		unreadable("fdinfo", err)
-		infoDir = -1
-	} else {
-		defer unix.Close(infoDir)
-	}
-	fdDirPath := pdir + "/fd"
-	infoErr := false
-	fdinfoOf := func(name string, extra bool) (fdinfo, bool) {
-		if infoDir < 0 {
-			return fdinfo{}, false
-		}
-		b, err := s.r.readFileAt(infoDir, name)
-		if err != nil {
-			if !isGone(err) && !infoErr {
-				infoErr = true
-				unreadable("fdinfo", err)
-			}
-			return fdinfo{}, false
-		}
-		return parseFdinfo(b, extra), true
-	}
-	linkErr := false
-	for _, fd := range fds {
-		name := strconv.Itoa(fd)
-		link, err := s.r.readlinkAt(fdDir, name)
-		if err != nil {
-			if isGone(err) {
-				continue // closed meanwhile
-			}
-			if !linkErr {
-				linkErr = true
-				unreadable("fd "+name, err)
-			}
-			continue
-		}
-		p.FDCount++
-		s.classifyFD(p, fd, name, link, fdDir, fdDirPath, fdinfoOf)
-	}
-}
-
-// classifyFD turns the link text of one descriptor into a resource node
-// and a holder on it.
-func (s *scanner) classifyFD(p *Process, fd int, name, link string, fdDir int, fdDirPath string, fdinfoOf func(string, bool) (fdinfo, bool)) {
-	pid := p.PID
-	h := Holder{PID: pid, FD: fd}
-	switch {
-	case strings.HasPrefix(link, "socket:["):
-		ino := nsInode(link)
-		u := s.sockets[ino]
-		if u == nil {
-			u = &sockUse{ino: ino, netns: p.Namespaces["net"]}
-			s.sockets[ino] = u
-		}
-		h.Access = "rw"
-		u.holders = append(u.holders, h)
-		return
-
-	case strings.HasPrefix(link, "pipe:["):
-		ino := nsInode(link)
-		var st unix.Stat_t
-		if unix.Fstatat(fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
-			h.Access = accessOfLinkMode(st.Mode)
-		}
-		n := s.node("pipe:"+strconv.FormatUint(ino, 10), KindPipe, link)
-		n.Holders = append(n.Holders, h)
-		return
-
-	case strings.HasPrefix(link, "anon_inode:"):
-		what := strings.Trim(strings.TrimPrefix(link, "anon_inode:"), "[]")
-		kind := anonKind(what)
-		fi, ok := fdinfoOf(name, kind != KindIOUring)
-		if ok {
-			h.Flags, h.Access = fi.Flags, accessOf(fi.Flags)
-		}
-		n := s.node(string(kind)+":"+strconv.Itoa(pid)+":"+name, kind, what+" (fd "+name+" of "+strconv.Itoa(pid)+")")
-		if kind == KindAnonInode || kind == KindBPF {
-			if n.Info == nil {
-				n.Info = map[string]string{}
-			}
-			n.Info["anon_inode"] = what
-		}
-		for k, v := range fi.Extra {
-			if n.Info == nil {
-				n.Info = map[string]string{}
-			}
-			n.Info[k] = v
-		}
-		n.Holders = append(n.Holders, h)
-		return
-
-	case strings.HasPrefix(link, "pidfd:"):
-		fi, ok := fdinfoOf(name, true)
-		if ok {
-			h.Flags, h.Access = fi.Flags, accessOf(fi.Flags)
-		}
-		n := s.node("pidfd:"+strconv.Itoa(pid)+":"+name, KindPidfd, "pidfd (fd "+name+" of "+strconv.Itoa(pid)+")")
-		if len(fi.Extra) > 0 {
-			n.Info = fi.Extra
-		}
-		n.Holders = append(n.Holders, h)
-		return
-
-	case len(link) > 0 && link[0] == '/':
-		s.classifyPathFD(p, h, name, link, fdDir, fdinfoOf)
-		return
-
-	case strings.Contains(link, ":[") && nsLinkType(link) != "":
-		n := s.node("nsfile:"+link, KindNSFile, link)
-		if fi, ok := fdinfoOf(name, false); ok {
-			h.Flags, h.Access = fi.Flags, accessOf(fi.Flags)
-		}
-		n.Holders = append(n.Holders, h)
-		return
-	}
-	n := s.node("unknown:"+strconv.Itoa(pid)+":"+name, KindUnknown, link)
-	n.Holders = append(n.Holders, h)
 }
 
 // nsLinkType returns the namespace type of a link "net:[...]", or "".
@@ -699,78 +683,6 @@ func isTTYDev(rdev uint64) bool {
 		return true
 	}
 	return false
-}
-
-// classifyPathFD handles a descriptor whose link is a path.
-func (s *scanner) classifyPathFD(p *Process, h Holder, name, link string, fdDir int, fdinfoOf func(string, bool) (fdinfo, bool)) {
-	path := strings.TrimSuffix(link, deletedSuffix)
-	deleted := path != link
-	var st unix.Stat_t
-	statErr := unix.Fstatat(fdDir, name, &st, 0)
-	if statErr != nil && isGone(statErr) {
-		return // closed meanwhile
-	}
-	fi, haveInfo := fdinfoOf(name, false)
-	if haveInfo {
-		h.Flags, h.Access, h.Pos = fi.Flags, accessOf(fi.Flags), fi.Pos
-	}
-	info := &FileInfo{Path: path, Deleted: deleted, MntID: fi.MntID}
-	if statErr == nil {
-		info.Type = fileTypeOf(st.Mode)
-		info.Mode = st.Mode & 07777
-		info.Size = st.Size
-		info.Dev = devString(st.Dev)
-		info.Inode = st.Ino
-		if info.Type == "chr" || info.Type == "blk" {
-			info.Rdev = devString(st.Rdev)
-		}
-	} else {
-		info.Type = "unknown"
-		s.problem(ProcessID(p.PID), "fd "+name, statErr, false)
-		p.Unreadable = append(p.Unreadable, "fd "+name+": "+errString(statErr))
-	}
-
-	id, kind, label := "file:"+path, KindFile, path
-	switch info.Type {
-	case "dir":
-		kind = KindDir
-	case "fifo":
-		kind = KindFIFO
-	case "chr", "blk":
-		kind = KindDevice
-		if info.Type == "chr" && isTTYDev(st.Rdev) {
-			kind = KindTTY
-			if unix.Major(st.Rdev) == ttyAuxMajor && unix.Minor(st.Rdev) == 2 {
-				// Each open of /dev/ptmx is a new pty master.
-				fx, _ := fdinfoOf(name, true)
-				idx := fx.Extra["tty-index"]
-				id = "ptmx:" + idx
-				label = "/dev/ptmx (pty " + idx + ")"
-			}
-		}
-	case "regular":
-		switch {
-		case strings.HasPrefix(path, "/memfd:"):
-			kind, id, label = KindMemfd, "memfd:"+strconv.FormatUint(info.Inode, 10), path[1:]
-		case strings.HasPrefix(path, "/dev/shm/"):
-			kind = KindPosixShm
-		}
-	}
-	n := s.node(id, kind, label)
-	if n.File == nil || n.File.Type == "" || n.File.Type == "unknown" {
-		written := n.File != nil && n.File.Written
-		n.File = info
-		n.File.Written = written
-	} else if n.File.MntID == 0 {
-		n.File.MntID = info.MntID
-	}
-	if n.Kind != kind && (n.Kind == KindFile || n.Kind == KindUnknown) {
-		n.Kind = kind // first seen through a mapping
-	}
-	if info.Type == "regular" && strings.Contains(h.Access, "w") {
-		n.File.Written = true
-	}
-	n.Holders = append(n.Holders, h)
 }
 
 // resolveSockets asks sock_diag about the sockets of the tree and creates
@@ -894,16 +806,13 @@ func sysvLabel(typ string, key int32, id int) string {
 // findOutsideHolders looks for the tree's pipes and sockets among the
 // descriptors of every other process.
 func (s *scanner) findOutsideHolders() {
-	inodes := map[string]*Node{}
+	socks := map[uint64]*Node{}
 	for _, n := range s.nodes {
-		switch {
-		case n.Kind == KindPipe:
-			inodes[n.Label] = n // label is "pipe:[ino]"
-		case n.Socket != nil:
-			inodes["socket:["+strconv.FormatUint(n.Socket.Inode, 10)+"]"] = n
+		if n.Socket != nil {
+			socks[n.Socket.Inode] = n
 		}
 	}
-	if len(inodes) == 0 {
+	if len(socks) == 0 && len(s.pipes) == 0 {
 		return
 	}
 	dfd, err := unix.Open(s.cfg.ProcRoot, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -920,14 +829,14 @@ func (s *scanner) findOutsideHolders() {
 	}); err != nil {
 		s.problem("", "process list", err, false)
 	}
-	denied := 0
+	var denied []string
 	var fds []int
 	for _, pid := range pids {
 		ps := strconv.Itoa(pid)
 		fdDir, err := openat(dfd, ps+"/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 		if err != nil {
 			if !isGone(err) {
-				denied++
+				denied = append(denied, ps)
 			}
 			continue
 		}
@@ -939,17 +848,28 @@ func (s *scanner) findOutsideHolders() {
 		})
 		comm := ""
 		for _, fd := range fds {
-			name := strconv.Itoa(fd)
-			link, err := s.r.readlinkAt(fdDir, name)
+			name := s.sc.fdName(fd)
+			link, err := s.r.readlinkBytes(fdDir, name)
+			if err == unix.EACCES || err == unix.EPERM {
+				denied = append(denied, ps)
+				break
+			}
 			if err != nil || len(link) < 6 || (link[0] != 'p' && link[0] != 's') {
 				continue
 			}
-			n := inodes[link]
+			var n *Node
+			if ino, ok := bracketNum(link); ok {
+				if bytes.HasPrefix(link, prefixPipe) {
+					n = s.pipes[ino]
+				} else if bytes.HasPrefix(link, prefixSocket) {
+					n = socks[ino]
+				}
+			}
 			if n == nil {
 				continue
 			}
 			if comm == "" {
-				if b, err := s.r.readFileAt(dfd, ps+"/comm"); err == nil {
+				if b, err := s.r.readRecordAt(dfd, ps+"/comm"); err == nil {
 					comm = strings.TrimSpace(string(b))
 				}
 			}
@@ -964,25 +884,30 @@ func (s *scanner) findOutsideHolders() {
 		}
 		unix.Close(fdDir)
 	}
-	if denied > 0 {
-		s.problem("", "outside holders", fmt.Errorf("descriptors of %d processes outside the tree: %w", denied, unix.EACCES), false)
+	if len(denied) > 0 {
+		// Not a part of the tree: the graph stays complete, but the
+		// check for shared descriptors could not cover these.
+		if len(denied) > 8 {
+			denied = append(denied[:8], "...")
+		}
+		s.g.Problems = append(s.g.Problems, Problem{What: "outside holders",
+			Err: "descriptors of pid " + strings.Join(denied, ", ") + " outside the tree: " + unix.EACCES.Error()})
 	}
 }
 
 // finish sorts nodes and edges and fills the Graph.
 func (s *scanner) finish() {
-	sort.Slice(s.nodes, func(i, j int) bool { return nodeLess(s.nodes[i], s.nodes[j]) })
+	slices.SortFunc(s.nodes, nodeCmp)
 	s.g.Nodes = make([]Node, len(s.nodes))
 	for i, n := range s.nodes {
-		sort.Slice(n.Holders, func(a, b int) bool {
-			if n.Holders[a].PID != n.Holders[b].PID {
-				return n.Holders[a].PID < n.Holders[b].PID
+		slices.SortFunc(n.Holders, func(a, b Holder) int {
+			if a.PID != b.PID {
+				return cmp.Compare(a.PID, b.PID)
 			}
-			return n.Holders[a].FD < n.Holders[b].FD
+			return cmp.Compare(a.FD, b.FD)
 		})
 		s.g.Nodes[i] = *n
 	}
 	s.g.reindex()
-	sort.Slice(s.g.Edges, func(i, j int) bool { return edgeLess(&s.g.Edges[i], &s.g.Edges[j]) })
-	sort.SliceStable(s.g.Problems, func(i, j int) bool { return s.g.Problems[i].Node < s.g.Problems[j].Node })
+	slices.SortStableFunc(s.g.Problems, func(a, b Problem) int { return strings.Compare(a.Node, b.Node) })
 }

@@ -378,7 +378,7 @@ func (sc *Scanner) treePIDs(root int) ([]int, error) {
 			}
 		})
 		for _, tid := range tids {
-			b, err := sc.r.readFileAt(tfd, strconv.Itoa(tid)+"/children")
+			b, err := sc.r.readChildrenAt(tfd, strconv.Itoa(tid)+"/children")
 			if err != nil {
 				continue
 			}

@@ -1,0 +1,308 @@
+package introspect
+
+import (
+	"bytes"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Descriptors are resolved with as few procfs calls as possible, since
+// each costs microseconds and a tree may hold thousands: the link text of
+// /proc/PID/fd/N alone resolves sockets and anonymous inodes; pipes add an
+// lstat of the link for the open mode; paths add a stat of the file
+// (shared by all descriptors of the same path) and the open mode, from
+// fdinfo (with the offset) when Config.FDInfo is set.
+
+// fdName returns the decimal name of fd, cached for small numbers.
+func (sc *Scanner) fdName(fd int) string {
+	if fd < 0 || fd >= 1<<16 {
+		return strconv.Itoa(fd)
+	}
+	for len(sc.names) <= fd {
+		sc.names = append(sc.names, strconv.Itoa(len(sc.names)))
+	}
+	return sc.names[fd]
+}
+
+// fdCtx is the per-process state of descriptor resolution.
+type fdCtx struct {
+	s          *scanner
+	p          *Process
+	dfd        int // /proc/PID
+	fdDir      int // /proc/PID/fd
+	infoDir    int // /proc/PID/fdinfo, opened on first use
+	infoErr    bool
+	unreadable func(string, error)
+}
+
+// fdinfo reads /proc/PID/fdinfo/NAME.
+func (c *fdCtx) fdinfo(name string, extra bool) (fdinfo, bool) {
+	if c.infoDir == 0 {
+		fd, err := openat(c.dfd, "fdinfo", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+		if err != nil {
+			c.infoDir = -1
+			c.unreadable("fdinfo", err)
+			return fdinfo{}, false
+		}
+		c.infoDir = fd
+	}
+	if c.infoDir < 0 {
+		return fdinfo{}, false
+	}
+	b, err := c.s.r.readRecordAt(c.infoDir, name)
+	if err != nil {
+		if !isGone(err) && !c.infoErr {
+			c.infoErr = true
+			c.unreadable("fdinfo", err)
+		}
+		return fdinfo{}, false
+	}
+	return parseFdinfo(b, extra), true
+}
+
+// access returns the open mode of descriptor name from its link's
+// permission bits.
+func (c *fdCtx) access(name string) string {
+	var st unix.Stat_t
+	if unix.Fstatat(c.fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return ""
+	}
+	return accessOfLinkMode(st.Mode)
+}
+
+// readFDs resolves every descriptor of p to a resource node.
+func (s *scanner) readFDs(dfd int, p *Process, unreadable func(string, error)) {
+	fdDir, err := openat(dfd, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		unreadable("fds", err)
+		return
+	}
+	defer unix.Close(fdDir)
+	fds := s.fdBuf[:0]
+	if err := s.r.readDirNames(fdDir, func(name []byte) {
+		if n, ok := atoiBytes(name); ok {
+			fds = append(fds, n)
+		}
+	}); err != nil {
+		unreadable("fds", err)
+	}
+	s.fdBuf = fds
+	c := &fdCtx{s: s, p: p, dfd: dfd, fdDir: fdDir, unreadable: unreadable}
+	defer func() {
+		if c.infoDir > 0 {
+			unix.Close(c.infoDir)
+		}
+	}()
+	linkErr := false
+	for _, fd := range fds {
+		name := s.sc.fdName(fd)
+		link, err := s.r.readlinkBytes(fdDir, name)
+		if err != nil {
+			if isGone(err) {
+				continue // closed meanwhile
+			}
+			if !linkErr {
+				linkErr = true
+				unreadable("fd "+name, err)
+			}
+			continue
+		}
+		p.FDCount++
+		c.classify(fd, name, link)
+	}
+}
+
+var (
+	prefixSocket = []byte("socket:[")
+	prefixPipe   = []byte("pipe:[")
+	prefixAnon   = []byte("anon_inode:")
+	prefixPidfd  = []byte("pidfd:")
+)
+
+// classify turns one descriptor into a resource node and a holder on it.
+// link is only valid during the call.
+func (c *fdCtx) classify(fd int, name string, link []byte) {
+	s, pid := c.s, c.p.PID
+	h := Holder{PID: pid, FD: fd}
+	switch {
+	case bytes.HasPrefix(link, prefixSocket):
+		ino, _ := bracketNum(link)
+		u := s.sockets[ino]
+		if u == nil {
+			u = &sockUse{ino: ino, netns: c.p.Namespaces["net"]}
+			s.sockets[ino] = u
+		}
+		h.Access = "rw"
+		u.holders = append(u.holders, h)
+	case bytes.HasPrefix(link, prefixPipe):
+		ino, _ := bracketNum(link)
+		h.Access = c.access(name)
+		n := s.pipes[ino]
+		if n == nil {
+			n = s.node("pipe:"+strconv.FormatUint(ino, 10), KindPipe, string(link))
+			s.pipes[ino] = n
+		}
+		n.Holders = append(n.Holders, h)
+	case bytes.HasPrefix(link, prefixAnon):
+		what := strings.Trim(string(link[len(prefixAnon):]), "[]")
+		c.anon(h, name, anonKind(what), what)
+	case bytes.HasPrefix(link, prefixPidfd):
+		c.anon(h, name, KindPidfd, "pidfd")
+	case len(link) > 0 && link[0] == '/':
+		c.path(h, name, string(link))
+	default:
+		l := string(link)
+		h.Access = c.access(name)
+		var n *Node
+		if nsLinkType(l) != "" {
+			n = s.node("nsfile:"+l, KindNSFile, l)
+		} else {
+			n = s.node("unknown:"+strconv.Itoa(pid)+":"+name, KindUnknown, l)
+		}
+		n.Holders = append(n.Holders, h)
+	}
+}
+
+// anon records an anonymous-inode descriptor. Each gets its own node: the
+// kernel shares one inode between all of them. Their open mode does not
+// matter to a checkpoint, so it is only read along with fdinfo.
+func (c *fdCtx) anon(h Holder, name string, kind NodeKind, what string) {
+	s := c.s
+	var info map[string]string
+	if s.cfg.FDInfo && kind != KindIOUring {
+		if fi, ok := c.fdinfo(name, true); ok {
+			h.Flags, h.Access, info = fi.Flags, accessOf(fi.Flags), fi.Extra
+		}
+	}
+	pid := strconv.Itoa(c.p.PID)
+	n := s.node(string(kind)+":"+pid+":"+name, kind, what+" (fd "+name+" of "+pid+")")
+	if kind == KindAnonInode || kind == KindBPF {
+		if info == nil {
+			info = map[string]string{}
+		}
+		info["anon_inode"] = what
+	}
+	n.Info = info
+	n.Holders = append(n.Holders, h)
+}
+
+// statKey identifies a path in a mount namespace.
+type statKey struct {
+	mntns uint64
+	path  string
+}
+
+// statPath stats the file behind descriptor name, reusing the result for
+// the same path in the same mount namespace within one scan (a /dev/null
+// or a log file open in every process is stat'ed once).
+func (c *fdCtx) statPath(name, path string, deleted bool) (unix.Stat_t, error) {
+	key := statKey{c.p.Namespaces["mnt"], path}
+	if !deleted {
+		if st, ok := c.s.stats[key]; ok {
+			return st, nil
+		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(c.fdDir, name, &st, 0); err != nil {
+		return st, err
+	}
+	if !deleted {
+		c.s.stats[key] = st
+	}
+	return st, nil
+}
+
+// path records a descriptor whose link is a path.
+func (c *fdCtx) path(h Holder, name, link string) {
+	s := c.s
+	path := strings.TrimSuffix(link, deletedSuffix)
+	info := FileInfo{Path: path, Deleted: path != link, Type: "unknown"}
+	st, err := c.statPath(name, path, info.Deleted)
+	if err != nil {
+		if isGone(err) {
+			return // closed meanwhile
+		}
+		c.unreadable("fd "+name, err)
+	} else {
+		info.Type = fileTypeOf(st.Mode)
+	}
+	switch {
+	case info.Type == "regular" && s.cfg.FDInfo:
+		if fi, ok := c.fdinfo(name, false); ok {
+			h.Flags, h.Access, h.Pos = fi.Flags, accessOf(fi.Flags), fi.Pos
+			info.MntID = fi.MntID
+		}
+	case info.Type == "chr" || info.Type == "blk":
+		// The open mode of a device does not change its verdict.
+	default:
+		h.Access = c.access(name)
+	}
+
+	id, kind, label := "", KindFile, path
+	switch info.Type {
+	case "dir":
+		kind = KindDir
+	case "fifo":
+		kind = KindFIFO
+	case "chr", "blk":
+		kind = KindDevice
+		if info.Type == "chr" && isTTYDev(st.Rdev) {
+			kind = KindTTY
+			if unix.Major(st.Rdev) == ttyAuxMajor && unix.Minor(st.Rdev) == 2 {
+				// Each open of /dev/ptmx is a new pty master, told
+				// apart by its index.
+				fi, _ := c.fdinfo(name, true)
+				idx := fi.Extra["tty-index"]
+				id = "ptmx:" + strconv.Itoa(h.PID) + ":" + name
+				if idx != "" {
+					id = "ptmx:" + idx
+				}
+				label = "/dev/ptmx (pty " + idx + ")"
+			}
+		}
+	case "regular":
+		switch {
+		case strings.HasPrefix(path, "/memfd:"):
+			kind, id, label = KindMemfd, "memfd:"+strconv.FormatUint(st.Ino, 10), path[1:]
+		case strings.HasPrefix(path, "/dev/shm/"):
+			kind = KindPosixShm
+		}
+	}
+	var n *Node
+	if id == "" {
+		// Most paths: look the node up without building its ID.
+		n = s.files[path]
+		if n == nil {
+			n = s.node("file:"+path, kind, label)
+			s.files[path] = n
+		}
+	} else {
+		n = s.node(id, kind, label)
+	}
+	if n.File == nil || n.File.Type == "unknown" || n.File.Type == "" {
+		written := n.File != nil && n.File.Written
+		if err == nil {
+			info.Mode = st.Mode & 07777
+			info.Size = st.Size
+			info.Dev = devString(st.Dev)
+			info.Inode = st.Ino
+			if info.Type == "chr" || info.Type == "blk" {
+				info.Rdev = devString(st.Rdev)
+			}
+		}
+		fi := info
+		n.File = &fi
+		n.File.Written = written
+	} else if n.File.MntID == 0 {
+		n.File.MntID = info.MntID
+	}
+	if n.Kind != kind && (n.Kind == KindFile || n.Kind == KindUnknown) {
+		n.Kind = kind // first seen through a mapping
+	}
+	if info.Type == "regular" && strings.Contains(h.Access, "w") {
+		n.File.Written = true
+	}
+	n.Holders = append(n.Holders, h)
+}
