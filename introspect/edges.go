@@ -38,19 +38,13 @@ func (es *edgeSet) add(e Edge) {
 
 // holderPIDs returns the distinct pids of holders, sorted.
 func holderPIDs(hs []Holder) []int {
+	if len(hs) == 1 {
+		return []int{hs[0].PID}
+	}
 	var out []int
 	for _, h := range hs {
-		if len(out) == 0 || out[len(out)-1] != h.PID {
-			found := false
-			for _, p := range out {
-				if p == h.PID {
-					found = true
-					break
-				}
-			}
-			if !found {
-				out = append(out, h.PID)
-			}
+		if !slices.Contains(out, h.PID) {
+			out = append(out, h.PID)
 		}
 	}
 	sort.Ints(out)
@@ -90,7 +84,7 @@ func (s *scanner) pid(p int) string {
 // that the same tree gives the same edge order.
 func (s *scanner) buildEdges() {
 	slices.SortFunc(s.nodes, nodeCmp)
-	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, len(s.nodes)*2)}
+	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, 64)}
 	s.g.Edges = make([]Edge, 0, len(s.nodes)*2)
 	s.internal = map[string]bool{}
 
@@ -136,8 +130,11 @@ func (s *scanner) buildEdges() {
 			}
 		}
 		// Who maps it.
-		mappers := map[int]bool{}
+		var mappers map[int]bool
 		var mpids []int
+		if len(n.Mappers) > 0 {
+			mappers = map[int]bool{}
+		}
 		for _, m := range n.Mappers {
 			es.add(Edge{From: s.pid(m.PID), To: n.ID, Kind: EdgeMaps, Reason: fmt.Sprintf("mapped at %#x-%#x %s", m.Start, m.End, m.Perms)})
 			if (n.Kind == KindFile || n.Kind == KindPosixShm) && strings.Contains(m.Perms, "w") && strings.HasSuffix(m.Perms, "s") {

@@ -2,6 +2,7 @@ package introspect
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -134,8 +135,8 @@ func bracketNum(b []byte) (uint64, bool) {
 	return n, true
 }
 
-// readDirNames calls fn with each entry name of the directory dirfd, except
-// "." and "..". The name slice is only valid during the call.
+// readDirNames calls fn with each entry name of the procfs directory dirfd,
+// except "." and "..". The name slice is only valid during the call.
 func (r *procReader) readDirNames(dirfd int, fn func(name []byte)) error {
 	for {
 		n, err := unix.Getdents(dirfd, r.dent)
@@ -148,13 +149,17 @@ func (r *procReader) readDirNames(dirfd int, fn func(name []byte)) error {
 		if n <= 0 {
 			return nil
 		}
+		// procfs fills the buffer as far as the directory goes; with room
+		// left for any entry, this was the last batch (saves the call that
+		// returns 0).
+		last := len(r.dent)-n >= 512
 		b := r.dent[:n]
 		for len(b) > 0 {
 			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
 			if len(b) < 19 {
 				break
 			}
-			reclen := int(uint16(b[16]) | uint16(b[17])<<8)
+			reclen := int(binary.NativeEndian.Uint16(b[16:]))
 			if reclen == 0 || reclen > len(b) {
 				break
 			}
@@ -166,6 +171,9 @@ func (r *procReader) readDirNames(dirfd int, fn func(name []byte)) error {
 				fn(name)
 			}
 			b = b[reclen:]
+		}
+		if last {
+			return nil
 		}
 	}
 }

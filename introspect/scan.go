@@ -34,7 +34,9 @@ type Scanner struct {
 	// nsPaths are "ns/NAME" for each of nsNames, built once.
 	nsPaths []string
 	// strs interns the strings that repeat across mappings and scans.
-	strs map[string]string
+	strs      map[string]string
+	dbuf      []byte // sock_diag receive buffer
+	lastNodes int    // nodes of the last scan, to size the next one
 	// lastThreads is the number of threads the last scan found; it picks
 	// the cheaper way to discover the next tree.
 	lastThreads int
@@ -95,7 +97,7 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 		r:       sc.r,
 		self:    sc.self,
 		g:       &Graph{Root: root, Scope: sc.cfg.Scope, Time: start},
-		byID:    make(map[string]*Node, 256),
+		byID:    make(map[string]*Node, sc.lastNodes+64),
 		procs:   make(map[int]*Node, 16),
 		sockets: make(map[uint64]*sockUse, 64),
 		stats:   make(map[statKey]unix.Stat_t, 64),
@@ -127,6 +129,7 @@ type scanner struct {
 	maps    map[int][]mapUse     // shared mappings per pid
 	devMaps []devMap
 	fdBuf   []int
+	allPIDs []int // the machine's processes, when listed at the start
 	stats   map[statKey]unix.Stat_t
 	pipes   map[uint64]*Node
 	files   map[string]*Node // "file:PATH" nodes by path
@@ -191,8 +194,11 @@ func (s *scanner) run(ctx context.Context, root int) error {
 	var stats map[int]*statInfo
 	var kids map[int][]int
 	if s.sc.lastThreads >= 32 {
-		if pids, err := s.listPIDs(); err == nil && len(pids) < s.sc.lastThreads {
-			stats, kids = s.readAllStats(pids)
+		if pids, err := s.listPIDs(); err == nil {
+			s.allPIDs = pids
+			if len(pids) < s.sc.lastThreads {
+				stats, kids = s.readAllStats(pids)
+			}
 		}
 	}
 	queue := []int{root}
@@ -235,6 +241,7 @@ func (s *scanner) run(ctx context.Context, root int) error {
 		}
 	}
 	s.sc.lastThreads = threads
+	defer func() { s.sc.lastNodes = len(s.nodes) }()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -822,7 +829,13 @@ func (s *scanner) findOutsideHolders() {
 	}
 	defer unix.Close(dfd)
 	var pids []int
-	if err := s.r.readDirNames(dfd, func(name []byte) {
+	if s.allPIDs != nil {
+		for _, p := range s.allPIDs {
+			if s.procs[p] == nil {
+				pids = append(pids, p)
+			}
+		}
+	} else if err := s.r.readDirNames(dfd, func(name []byte) {
 		if n, ok := atoiBytes(name); ok && s.procs[n] == nil {
 			pids = append(pids, n)
 		}

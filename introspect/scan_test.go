@@ -10,11 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 type appInfo struct {
@@ -664,4 +667,105 @@ func containsPrefix(list []string, p string) bool {
 		}
 	}
 	return false
+}
+
+// TestCheckpointConfigSameFindings checks that the freeze-window
+// configuration judges a tree exactly as the full one does.
+func TestCheckpointConfigSameFindings(t *testing.T) {
+	needRoot(t)
+	app, _, _, _ := startFullApp(t, appOpts{pidns: true, setsid: true})
+	bl := startApp(t, appOpts{pidns: true}, "blockers")
+	for _, pid := range []int{app.pid, bl.pid} {
+		full, err := Scan(context.Background(), pid, DefaultConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fast, err := Scan(context.Background(), pid, CheckpointConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmtFindings := func(fs []Finding) string {
+			var b strings.Builder
+			for _, f := range fs {
+				fmt.Fprintf(&b, "%s %s %s\n", f.Level, f.Node, f.Reason)
+			}
+			return b.String()
+		}
+		if a, b := fmtFindings(full.Preflight()), fmtFindings(fast.Preflight()); a != b {
+			t.Errorf("pid %d: findings differ\nDefaultConfig:\n%s\nCheckpointConfig:\n%s", pid, a, b)
+		}
+		if len(full.Nodes) != len(fast.Nodes) {
+			t.Errorf("pid %d: %d nodes with DefaultConfig, %d with CheckpointConfig", pid, len(full.Nodes), len(fast.Nodes))
+		}
+		if p := fast.Node(ProcessID(pid)).Process; len(p.Threads) != 0 || p.ThreadCount == 0 || p.PSS != 0 {
+			t.Errorf("CheckpointConfig read details it should skip: %d threads listed, count %d, pss %d", len(p.Threads), p.ThreadCount, p.PSS)
+		}
+	}
+}
+
+// TestScanPIDNamespaceScope checks that ScopePIDNamespace adds a process
+// that entered the app's PID namespace from outside its tree.
+func TestScanPIDNamespaceScope(t *testing.T) {
+	needRoot(t)
+	a, _, _, _ := startFullApp(t, appOpts{pidns: true, setsid: true})
+	nsFile, err := os.Open(fmt.Sprintf("/proc/%d/ns/pid", a.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsFile.Close()
+	started := make(chan *exec.Cmd, 1)
+	errc := make(chan error, 1)
+	go func() {
+		// This thread joins the namespace for its children and is then
+		// thrown away: the goroutine ends with the thread still locked.
+		runtime.LockOSThread()
+		if err := unix.Setns(int(nsFile.Fd()), unix.CLONE_NEWPID); err != nil {
+			errc <- err
+			return
+		}
+		c := exec.Command("sleep", "60")
+		if err := c.Start(); err != nil {
+			errc <- err
+			return
+		}
+		started <- c
+	}()
+	var c *exec.Cmd
+	select {
+	case err := <-errc:
+		t.Fatalf("enter the PID namespace: %v", err)
+	case c = <-started:
+	}
+	t.Cleanup(func() {
+		_ = c.Process.Kill()
+		_ = c.Wait()
+	})
+	tree, err := Scan(context.Background(), a.pid, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tree.Node(ProcessID(c.Process.Pid)) != nil {
+		t.Errorf("scope tree includes pid %d, which is not a descendant", c.Process.Pid)
+	}
+	cfg := DefaultConfig()
+	cfg.Scope = ScopePIDNamespace
+	ns, err := Scan(context.Background(), a.pid, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := ns.Node(ProcessID(c.Process.Pid))
+	if n == nil {
+		t.Fatalf("scope pidns lacks pid %d", c.Process.Pid)
+	}
+	if p := n.Process; len(p.NSPID) != 2 || p.Comm != "sleep" {
+		t.Errorf("entered process %+v", p)
+	}
+	if ns.Scope != ScopePIDNamespace || len(ns.Processes()) != len(tree.Processes())+1 {
+		t.Errorf("scope %s: %d processes, tree has %d", ns.Scope, len(ns.Processes()), len(tree.Processes()))
+	}
+	var txt bytes.Buffer
+	_ = ns.WriteText(&txt)
+	if !strings.Contains(txt.String(), strconv.Itoa(c.Process.Pid)+" sleep") {
+		t.Errorf("text output lacks the entered process:\n%s", txt.String())
+	}
 }

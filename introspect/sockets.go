@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -91,98 +90,208 @@ func unixName(n string) string {
 
 // collectSockets asks sock_diag of the network namespace of pid for TCP,
 // UDP and UNIX sockets and keeps those in want (plus the UNIX peers of
-// wanted sockets).
+// wanted sockets). The replies are parsed in place: a dump covers every
+// socket of the namespace and most are not the tree's.
 func (s *scanner) collectSockets(pid int, nsIno uint64, selfNet uint64, want map[uint64]bool) (*netnsSockets, error) {
-	var h *netlink.Handle
-	var err error
-	if nsIno == selfNet || nsIno == 0 {
-		h, err = netlink.NewHandleAt(netns.None(), unix.NETLINK_INET_DIAG)
-	} else {
-		var ns netns.NsHandle
-		ns, err = netns.GetFromPath(filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net"))
+	ns := netns.None()
+	if nsIno != selfNet && nsIno != 0 {
+		h, err := netns.GetFromPath(filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net"))
 		if err != nil {
 			return nil, fmt.Errorf("open network namespace of pid %d: %w", pid, err)
 		}
-		h, err = netlink.NewHandleAt(ns, unix.NETLINK_INET_DIAG)
-		ns.Close()
+		defer h.Close()
+		ns = h
 	}
+	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_SOCK_DIAG)
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag socket: %w", err)
 	}
-	defer h.Close()
+	defer sock.Close()
+	dc := &diagConn{fd: sock.GetFd(), buf: s.sc.diagBuf()}
 
 	out := &netnsSockets{byInode: make(map[uint64]*diagSock, len(want)), unixPeers: map[uint64]*diagSock{}}
 	var errs []error
-	retry := func(what string, f func() error) {
-		// A dump interrupted by concurrent socket changes is retried once;
-		// a second interruption keeps what was read.
-		err := f()
-		if errors.Is(err, netlink.ErrDumpInterrupted) {
-			err = f()
+	dump := func(what string, req []byte, fn func(msg []byte)) {
+		// A dump interrupted by concurrent socket changes is retried
+		// once; a second interruption keeps what was read.
+		intr, err := dc.dump(req, fn)
+		if err == nil && intr {
+			_, err = dc.dump(req, fn)
 		}
-		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 		}
 	}
-	inet := func(fam uint8, proto string, kind NodeKind) func() error {
-		return func() error {
-			var socks []*netlink.Socket
-			var err error
-			if kind == KindTCP {
-				socks, err = h.SocketDiagTCP(fam)
-			} else {
-				socks, err = h.SocketDiagUDP(fam)
+	for _, q := range []struct {
+		what  string
+		fam   uint8
+		proto uint8
+		kind  NodeKind
+	}{
+		{"tcp4", unix.AF_INET, unix.IPPROTO_TCP, KindTCP},
+		{"tcp6", unix.AF_INET6, unix.IPPROTO_TCP, KindTCP},
+		{"udp4", unix.AF_INET, unix.IPPROTO_UDP, KindUDP},
+		{"udp6", unix.AF_INET6, unix.IPPROTO_UDP, KindUDP},
+	} {
+		dump(q.what, inetDiagReq(q.fam, q.proto), func(msg []byte) {
+			if d := parseInetDiagMsg(msg, want, q.kind, nsIno); d != nil {
+				out.byInode[d.info.Inode] = d
 			}
-			for _, sk := range socks {
-				ino := uint64(sk.INode)
-				if !want[ino] {
-					continue
-				}
-				family := "inet"
-				if fam == unix.AF_INET6 {
-					family = "inet6"
-				}
-				d := &diagSock{kind: kind, localPort: sk.ID.SourcePort, info: SocketInfo{
-					Inode: ino, Family: family, Protocol: proto, State: stateName(kind, sk.State),
-					Local: hostPort(sk.ID.Source, sk.ID.SourcePort), RecvQueue: sk.RQueue, SendQueue: sk.WQueue,
-					NetNS: nsIno, Diag: true,
-				}}
-				if kind == KindTCP {
-					d.info.Type = "stream"
-				} else {
-					d.info.Type = "dgram"
-				}
-				if sk.ID.DestinationPort != 0 || !sk.ID.Destination.IsUnspecified() {
-					d.info.Remote = hostPort(sk.ID.Destination, sk.ID.DestinationPort)
-				}
-				out.byInode[ino] = d
+		})
+	}
+	// UNIX: keep the wanted sockets, and the names of the others, which
+	// may be the peers of wanted ones.
+	var wanted []*diagSock
+	names := map[uint64]*diagSock{}
+	dump("unix", unixDiagReq{}.Serialize(), func(msg []byte) {
+		if len(msg) < sizeofUnixDiagMs {
+			return
+		}
+		ino := uint64(binary.NativeEndian.Uint32(msg[4:]))
+		if !want[ino] {
+			if d := parseUnixDiagMsg(msg, nsIno); d != nil && d.info.Local != "" {
+				names[ino] = d
 			}
-			return err
+			return
+		}
+		if d := parseUnixDiagMsg(msg, nsIno); d != nil {
+			wanted = append(wanted, d)
+			out.byInode[ino] = d
+		}
+	})
+	for _, d := range wanted {
+		p := d.info.PeerInode
+		if p == 0 {
+			continue
+		}
+		if pd := out.byInode[p]; pd != nil {
+			d.info.Remote = pd.info.Local
+		} else if pd := names[p]; pd != nil {
+			d.info.Remote = pd.info.Local
+			out.unixPeers[p] = pd
+		} else {
+			out.unixPeers[p] = &diagSock{kind: KindUnix, info: SocketInfo{Inode: p, Family: "unix"}}
 		}
 	}
-	retry("tcp4", inet(unix.AF_INET, "tcp", KindTCP))
-	retry("tcp6", inet(unix.AF_INET6, "tcp", KindTCP))
-	retry("udp4", inet(unix.AF_INET, "udp", KindUDP))
-	retry("udp6", inet(unix.AF_INET6, "udp", KindUDP))
-	retry("unix", func() error {
-		all, err := s.unixDiag(pid, nsIno, selfNet)
-		for ino, d := range all {
-			if !want[ino] {
+	return out, errors.Join(errs...)
+}
+
+// diagBuf returns the Scanner's sock_diag receive buffer.
+func (sc *Scanner) diagBuf() []byte {
+	if sc.dbuf == nil {
+		sc.dbuf = make([]byte, 64<<10)
+	}
+	return sc.dbuf
+}
+
+// diagConn runs sock_diag dumps on a NETLINK_SOCK_DIAG socket.
+type diagConn struct {
+	fd  int
+	buf []byte
+	seq uint32
+}
+
+// nlmFDumpIntr is NLM_F_DUMP_INTR: the dump changed while it was read.
+const nlmFDumpIntr = 0x10
+
+// dump sends a SOCK_DIAG_BY_FAMILY dump request with payload req and calls
+// fn with the payload of each reply.
+func (c *diagConn) dump(req []byte, fn func(msg []byte)) (interrupted bool, err error) {
+	ne := binary.NativeEndian
+	c.seq++
+	msg := make([]byte, unix.SizeofNlMsghdr+len(req))
+	ne.PutUint32(msg[0:], uint32(len(msg)))
+	ne.PutUint16(msg[4:], nl.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	ne.PutUint32(msg[8:], c.seq)
+	copy(msg[unix.SizeofNlMsghdr:], req)
+	if err := unix.Sendto(c.fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return false, err
+	}
+	for {
+		n, _, err := unix.Recvfrom(c.fd, c.buf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return interrupted, err
+		}
+		b := c.buf[:n]
+		for len(b) >= unix.SizeofNlMsghdr {
+			l := int(ne.Uint32(b[0:]))
+			if l < unix.SizeofNlMsghdr || l > len(b) {
+				return interrupted, fmt.Errorf("sock_diag: malformed reply")
+			}
+			typ, flags, seq := ne.Uint16(b[4:]), ne.Uint16(b[6:]), ne.Uint32(b[8:])
+			body := b[unix.SizeofNlMsghdr:l]
+			b = b[nlmsgAlign(l):]
+			if seq != c.seq {
 				continue
 			}
-			out.byInode[ino] = d
-			if p := d.info.PeerInode; p != 0 {
-				if pd, ok := all[p]; ok {
-					d.info.Remote = pd.info.Local
-					if !want[p] {
-						out.unixPeers[p] = pd
+			if flags&nlmFDumpIntr != 0 {
+				interrupted = true
+			}
+			switch typ {
+			case unix.NLMSG_DONE:
+				return interrupted, nil
+			case unix.NLMSG_ERROR:
+				if len(body) >= 4 {
+					if e := int32(ne.Uint32(body)); e < 0 {
+						return interrupted, unix.Errno(-e)
 					}
 				}
+				return interrupted, nil
+			default:
+				fn(body)
 			}
 		}
-		return err
-	})
-	return out, errors.Join(errs...)
+	}
+}
+
+// inetDiagReq is struct inet_diag_req_v2 asking for every socket of a
+// family and protocol, in every state.
+func inetDiagReq(family, proto uint8) []byte {
+	b := make([]byte, 56)
+	b[0], b[1] = family, proto
+	binary.NativeEndian.PutUint32(b[4:], ^uint32(0))
+	return b
+}
+
+// parseInetDiagMsg decodes a struct inet_diag_msg when its inode is
+// wanted; it returns nil otherwise, before allocating anything.
+func parseInetDiagMsg(msg []byte, want map[uint64]bool, kind NodeKind, nsIno uint64) *diagSock {
+	const sizeofInetDiagMsg = 72
+	if len(msg) < sizeofInetDiagMsg {
+		return nil
+	}
+	ne := binary.NativeEndian
+	ino := uint64(ne.Uint32(msg[68:]))
+	if !want[ino] {
+		return nil
+	}
+	fam := msg[0]
+	sport, dport := binary.BigEndian.Uint16(msg[4:]), binary.BigEndian.Uint16(msg[6:])
+	alen := 4
+	family := "inet"
+	if fam == unix.AF_INET6 {
+		alen, family = 16, "inet6"
+	}
+	src := net.IP(append([]byte(nil), msg[8:8+alen]...))
+	dst := net.IP(append([]byte(nil), msg[24:24+alen]...))
+	d := &diagSock{kind: kind, localPort: sport, info: SocketInfo{
+		Inode: ino, Family: family, State: stateName(kind, msg[1]),
+		Local: hostPort(src, sport), RecvQueue: ne.Uint32(msg[56:]), SendQueue: ne.Uint32(msg[60:]),
+		NetNS: nsIno, Diag: true,
+	}}
+	if kind == KindTCP {
+		d.info.Type, d.info.Protocol = "stream", "tcp"
+	} else {
+		d.info.Type, d.info.Protocol = "dgram", "udp"
+	}
+	if dport != 0 || !dst.IsUnspecified() {
+		d.info.Remote = hostPort(dst, dport)
+	}
+	return d
 }
 
 // unix_diag constants (linux/unix_diag.h).
@@ -208,38 +317,6 @@ func (unixDiagReq) Serialize() []byte {
 	binary.NativeEndian.PutUint32(b[4:], ^uint32(0)) // all states
 	binary.NativeEndian.PutUint32(b[12:], udiagShowName|udiagShowPeer|udiagShowRqlen)
 	return b
-}
-
-// unixDiag dumps the UNIX sockets of a network namespace. It parses the
-// replies itself: the name attribute needs its exact length, which the
-// netlink package's UnixSocketDiagInfo gets wrong (it keeps the 4 bytes
-// that follow it).
-func (s *scanner) unixDiag(pid int, nsIno, selfNet uint64) (map[uint64]*diagSock, error) {
-	ns := netns.None()
-	if nsIno != selfNet && nsIno != 0 {
-		h, err := netns.GetFromPath(filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net"))
-		if err != nil {
-			return nil, fmt.Errorf("open network namespace of pid %d: %w", pid, err)
-		}
-		defer h.Close()
-		ns = h
-	}
-	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_INET_DIAG)
-	if err != nil {
-		return nil, fmt.Errorf("sock_diag socket: %w", err)
-	}
-	defer sock.Close()
-	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_INET_DIAG: {Socket: sock}}
-	req.AddData(unixDiagReq{})
-	all := map[uint64]*diagSock{}
-	err = req.ExecuteIter(unix.NETLINK_INET_DIAG, nl.SOCK_DIAG_BY_FAMILY, func(msg []byte) bool {
-		if d := parseUnixDiagMsg(msg, nsIno); d != nil {
-			all[d.info.Inode] = d
-		}
-		return true
-	})
-	return all, err
 }
 
 // parseUnixDiagMsg decodes one struct unix_diag_msg and its attributes.
