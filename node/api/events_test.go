@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sync"
 	"testing"
@@ -336,4 +338,77 @@ func TestClientSubscribe(t *testing.T) {
 		}
 	}
 	waitFor(t, "the server to drop the subscription", func() bool { return f.Subscribers() == 0 })
+}
+
+// fakeStream serves one raw HTTP answer on a unix socket: the headers of an
+// event stream, then body, then it closes the connection.
+func fakeStream(t *testing.T, body string) string {
+	t.Helper()
+	sock := filepath.Join(socketDir(t), "doppel.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for { // the request's headers
+			line, err := br.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
+		io.WriteString(c, body)
+	}()
+	return sock
+}
+
+func chunk(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
+
+// TestWatcherCut: a stream cut without its final chunk (the daemon died) is
+// an error wrapping ErrUnavailable, not io.EOF; so is a line that is not an
+// event. Heartbeats, blank lines and unknown members are skipped.
+func TestWatcherCut(t *testing.T) {
+	lines := chunk(`{"kind":"heartbeat","time":"2025-01-01T00:00:00Z"}`+"\n\n") +
+		chunk(`{"seq":1,"time":"2025-01-01T00:00:00Z","kind":"app","app":"a","from_the_future":true}`+"\n")
+	for _, tc := range []struct {
+		name, tail string
+		wantEOF    bool
+	}{
+		{"clean end", "0\r\n\r\n", true},
+		{"cut", chunk(`{"seq":2,"ki`), false},
+		{"garbage", chunk("not json\n") + "0\r\n\r\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := api.NewClient(fakeStream(t, lines+tc.tail))
+			defer c.Close()
+			w := watch(t, c, ctxT(t))
+			ev, err := next(t, w)
+			if err != nil || ev.Seq != 1 || ev.App != "a" {
+				t.Fatalf("first event: %+v, %v", ev, err)
+			}
+			if w.Heartbeats() != 1 {
+				t.Errorf("Heartbeats() = %d, want 1", w.Heartbeats())
+			}
+			_, err = next(t, w)
+			if tc.wantEOF {
+				if err != io.EOF {
+					t.Errorf("Next: %v, want io.EOF", err)
+				}
+				return
+			}
+			if !errors.Is(err, api.ErrUnavailable) || err == io.EOF {
+				t.Errorf("Next: %v, want ErrUnavailable", err)
+			}
+			if _, err2 := w.Next(); err2 != err {
+				t.Errorf("error not sticky: %v then %v", err, err2)
+			}
+		})
+	}
 }
