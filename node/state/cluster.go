@@ -431,9 +431,13 @@ func (c *Cluster) HasQuorum() bool {
 	return false
 }
 
-// AddVoter adds (or re-addresses) a voting member. Leader only. The call
-// returns once the new configuration is committed; with a node that cannot
-// be reached this needs a majority of the new configuration without it.
+// AddVoter adds (or re-addresses) a voting member. Leader only. It returns
+// once the configuration entry is committed, which raft does under the
+// configuration it replaces: adding a voter that cannot be reached (wrong
+// address, wrong key) succeeds, and then counts against the quorum (a
+// one-voter cluster that adds an unreachable voter loses its quorum). To
+// admit a node safely, add it with AddNonvoter, wait until it has caught
+// up, then AddVoter.
 func (c *Cluster) AddVoter(ctx context.Context, name, addr string) error {
 	return c.changeServer(ctx, "add voter", name, addr, func(id raft.ServerID, a raft.ServerAddress, t time.Duration) raft.IndexFuture {
 		return c.raft.AddVoter(id, a, 0, t)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -178,9 +179,6 @@ func TestThreeNodesReplicate(t *testing.T) {
 // one that applies; the old leader restarts from its Dir, rejoins and
 // catches up.
 func TestLeaderFailover(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end raft failover; run without -short")
-	}
 	cs := startCluster(t, 3, true)
 	old := cs[0]
 	ctx := ctxT(t, 20*time.Second)
@@ -317,5 +315,72 @@ func TestNotLeaderErrorMessage(t *testing.T) {
 	e = &NotLeaderError{Err: cause}
 	if !strings.Contains(e.Error(), "no leader known") || !errors.Is(e, cause) {
 		t.Fatal(e)
+	}
+}
+
+// TestHasQuorumLost: a leader whose followers are gone steps down and
+// reports no quorum within about a lease.
+func TestHasQuorumLost(t *testing.T) {
+	cs := startCluster(t, 3, false)
+	waitFor(t, 2*time.Second, "quorum on every node", func() bool {
+		return cs[0].HasQuorum() && cs[1].HasQuorum() && cs[2].HasQuorum()
+	})
+	start := time.Now()
+	for _, c := range cs[1:] {
+		if err := c.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*cs[0].Lease(), "the cut-off leader to lose quorum", func() bool { return !cs[0].HasQuorum() })
+	t.Logf("leader lost quorum %s after its followers stopped (lease %s)", time.Since(start).Round(time.Millisecond), cs[0].Lease())
+	if cs[0].IsLeader() {
+		t.Fatal("leader without quorum still leader")
+	}
+	if _, err := cs[0].Apply(ctxT(t, time.Second), putApp("web")); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("apply without quorum: %v", err)
+	}
+}
+
+// TestShutdownLeavesNoGoroutines: a cluster's goroutines end with
+// Shutdown.
+func TestShutdownLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	log, _ := newTestLogger(t)
+	tlsCfg := testTLS(t)
+	var cs []*Cluster
+	for i, name := range []string{"n1", "n2"} {
+		cfg := testConfig(t, name, log, tlsCfg)
+		cfg.Bootstrap = i == 0
+		c, err := Open(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+	}
+	defer func() {
+		for _, c := range cs {
+			c.Shutdown()
+		}
+	}()
+	waitLeader(t, electionBudget, cs[0])
+	if err := cs[0].AddVoter(ctxT(t, 5*time.Second), "n2", cs[1].Addr()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs[0].Apply(ctxT(t, 5*time.Second), putApp("web")); err != nil {
+		t.Fatal(err)
+	}
+	waitSameState(t, 5*time.Second, cs[0], cs[1])
+	for _, c := range cs {
+		if err := c.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after shutdown:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
