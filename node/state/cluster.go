@@ -56,9 +56,9 @@ type Config struct {
 	// Logger receives this package's logs and raft's (with key node set).
 	// nil discards them.
 	Logger *slog.Logger
-	// RaftLogLevel drops raft's own log records below this level: at the
-	// default Warn, raft's state changes (Info) are not logged, its
-	// failures are.
+	// RaftLogLevel drops raft's own log records below this level: at
+	// DefaultConfig's Warn, raft's state changes (Info) are not logged, its
+	// failures are. The zero value is Info.
 	RaftLogLevel slog.Level
 	// SnapshotThreshold is how many log entries since the last snapshot
 	// trigger a new one (raft checks every 2 minutes with lan, 5 s with

@@ -71,7 +71,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 		// state now differs from the cluster's until it is upgraded.
 		f.log.Error("raft: cannot apply log entry", "index", l.Index, "err", err)
 	case res.err != nil:
-		f.log.Debug("raft: command refused", "cmd", cmd.Type.String(), "app", cmd.Name, "index", l.Index, "err", res.err)
+		app := cmd.Name
+		if cmd.App != nil {
+			app = cmd.App.Name
+		}
+		f.log.Debug("raft: command refused", "cmd", cmd.Type.String(), "app", app, "index", l.Index, "err", res.err)
 	}
 	f.publish(snap)
 	return res

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-
-	"doppel/replicate"
 )
 
 var t0 = time.Date(2025, 1, 2, 3, 4, 5, 6, time.UTC)
@@ -489,12 +487,24 @@ func FuzzDecodeApply(f *testing.F) {
 	})
 }
 
-// TestAppNameRuleMatchesReplicate: the FSM accepts exactly the app names
-// the replication engine accepts.
-func TestAppNameRuleMatchesReplicate(t *testing.T) {
-	for _, name := range []string{"web", "a", "web-1.2_x", strings.Repeat("a", 63), strings.Repeat("a", 64), "Web", "-web", ".web", "", "a b", "a/b", "ü"} {
-		if got, want := ValidAppName(name), replicate.ValidName(name) == nil; got != want {
-			t.Errorf("%q: state says %v, replicate says %v", name, got, want)
+// TestNames: app names follow replicate.ValidName's rule (lower case), node
+// names the node name rule (any case).
+func TestNames(t *testing.T) {
+	for name, want := range map[string]bool{
+		"web": true, "a": true, "web-1.2_x": true, "0db": true, strings.Repeat("a", 63): true,
+		strings.Repeat("a", 64): false, "Web": false, "-web": false, ".web": false, "": false,
+		"a b": false, "a/b": false, "ü": false,
+	} {
+		if got := ValidAppName(name); got != want {
+			t.Errorf("app name %q: %v, want %v", name, got, want)
+		}
+	}
+	for name, want := range map[string]bool{
+		"n1": true, "Node-1.lan_x": true, strings.Repeat("N", 63): true,
+		strings.Repeat("N", 64): false, "_n": false, "": false, "a:b": false,
+	} {
+		if got := ValidNodeName(name); got != want {
+			t.Errorf("node name %q: %v, want %v", name, got, want)
 		}
 	}
 }
