@@ -84,6 +84,7 @@ func (s *scanner) pid(p int) string {
 // that the same tree gives the same edge order.
 func (s *scanner) buildEdges() {
 	slices.SortFunc(s.nodes, nodeCmp)
+	s.sorted = len(s.nodes)
 	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, 64)}
 	s.g.Edges = make([]Edge, 0, len(s.nodes)*2)
 	s.internal = map[string]bool{}

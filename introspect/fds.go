@@ -151,7 +151,7 @@ func (c *fdCtx) classify(fd int, name string, link []byte) {
 	case bytes.HasPrefix(link, prefixPidfd):
 		c.anon(h, name, KindPidfd, "pidfd")
 	case len(link) > 0 && link[0] == '/':
-		c.path(h, name, string(link))
+		c.path(h, name, link)
 	default:
 		l := string(link)
 		h.Access = c.access(name)
@@ -188,69 +188,81 @@ func (c *fdCtx) anon(h Holder, name string, kind NodeKind, what string) {
 	n.Holders = append(n.Holders, h)
 }
 
-// statKey identifies a path in a mount namespace.
-type statKey struct {
-	mntns uint64
-	path  string
+// fileStat is what a scan keeps of a stat(2) result.
+type fileStat struct {
+	mode           uint32
+	size           int64
+	dev, ino, rdev uint64
 }
 
 // statPath stats the file behind descriptor name, reusing the result for
 // the same path in the same mount namespace within one scan (a /dev/null
-// or a log file open in every process is stat'ed once).
-func (c *fdCtx) statPath(name, path string, deleted bool) (unix.Stat_t, error) {
-	key := statKey{c.p.Namespaces["mnt"], path}
-	if !deleted {
-		if st, ok := c.s.stats[key]; ok {
+// or a log file open in every process is stat'ed once). path is only read.
+func (c *fdCtx) statPath(name string, path []byte, deleted bool) (fileStat, error) {
+	mntns := c.p.Namespaces["mnt"]
+	byPath := c.s.stats[mntns]
+	if !deleted && byPath != nil {
+		if st, ok := byPath[string(path)]; ok {
 			return st, nil
 		}
 	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(c.fdDir, name, &st, 0); err != nil {
-		return st, err
+		return fileStat{}, err
 	}
+	fs := fileStat{mode: st.Mode, size: st.Size, dev: st.Dev, ino: st.Ino, rdev: st.Rdev}
 	if !deleted {
-		c.s.stats[key] = st
+		if byPath == nil {
+			byPath = make(map[string]fileStat, 64)
+			c.s.stats[mntns] = byPath
+		}
+		byPath[string(path)] = fs
 	}
-	return st, nil
+	return fs, nil
 }
 
-// path records a descriptor whose link is a path.
-func (c *fdCtx) path(h Holder, name, link string) {
+var deletedSuffixBytes = []byte(deletedSuffix)
+
+// path records a descriptor whose link is a path. link is only valid
+// during the call; strings are made of it only for new nodes.
+func (c *fdCtx) path(h Holder, name string, link []byte) {
 	s := c.s
-	path := strings.TrimSuffix(link, deletedSuffix)
-	info := FileInfo{Path: path, Deleted: path != link, Type: "unknown"}
-	st, err := c.statPath(name, path, info.Deleted)
+	path := bytes.TrimSuffix(link, deletedSuffixBytes)
+	deleted := len(path) != len(link)
+	typ := "unknown"
+	st, err := c.statPath(name, path, deleted)
 	if err != nil {
 		if isGone(err) {
 			return // closed meanwhile
 		}
 		c.unreadable("fd "+name, err)
 	} else {
-		info.Type = fileTypeOf(st.Mode)
+		typ = fileTypeOf(st.mode)
 	}
+	mntID := 0
 	switch {
-	case info.Type == "regular" && s.cfg.FDInfo:
+	case typ == "regular" && s.cfg.FDInfo:
 		if fi, ok := c.fdinfo(name, false); ok {
 			h.Flags, h.Access, h.Pos = fi.Flags, accessOf(fi.Flags), fi.Pos
-			info.MntID = fi.MntID
+			mntID = fi.MntID
 		}
-	case info.Type == "chr" || info.Type == "blk":
+	case typ == "chr" || typ == "blk":
 		// The open mode of a device does not change its verdict.
 	default:
 		h.Access = c.access(name)
 	}
 
-	id, kind, label := "", KindFile, path
-	switch info.Type {
+	kind, id, label := KindFile, "", ""
+	switch typ {
 	case "dir":
 		kind = KindDir
 	case "fifo":
 		kind = KindFIFO
 	case "chr", "blk":
 		kind = KindDevice
-		if info.Type == "chr" && isTTYDev(st.Rdev) {
+		if typ == "chr" && isTTYDev(st.rdev) {
 			kind = KindTTY
-			if unix.Major(st.Rdev) == ttyAuxMajor && unix.Minor(st.Rdev) == 2 {
+			if unix.Major(st.rdev) == ttyAuxMajor && unix.Minor(st.rdev) == 2 {
 				// Each open of /dev/ptmx is a new pty master, told
 				// apart by its index.
 				fi, _ := c.fdinfo(name, true)
@@ -264,44 +276,47 @@ func (c *fdCtx) path(h Holder, name, link string) {
 		}
 	case "regular":
 		switch {
-		case strings.HasPrefix(path, "/memfd:"):
-			kind, id, label = KindMemfd, "memfd:"+strconv.FormatUint(st.Ino, 10), path[1:]
-		case strings.HasPrefix(path, "/dev/shm/"):
+		case bytes.HasPrefix(path, []byte("/memfd:")):
+			kind, id, label = KindMemfd, "memfd:"+strconv.FormatUint(st.ino, 10), string(path[1:])
+		case bytes.HasPrefix(path, []byte("/dev/shm/")):
 			kind = KindPosixShm
 		}
 	}
 	var n *Node
 	if id == "" {
-		// Most paths: look the node up without building its ID.
-		n = s.files[path]
+		// Most paths: look the node up without building strings.
+		n = s.files[string(path)]
 		if n == nil {
-			n = s.node("file:"+path, kind, label)
-			s.files[path] = n
+			p := string(path)
+			n = s.node("file:"+p, kind, p)
+			s.files[p] = n
 		}
 	} else {
 		n = s.node(id, kind, label)
 	}
 	if n.File == nil || n.File.Type == "unknown" || n.File.Type == "" {
 		written := n.File != nil && n.File.Written
+		fi := &FileInfo{Path: strings.TrimPrefix(n.ID, "file:"), Deleted: deleted, Type: typ, MntID: mntID, Written: written}
+		if kind == KindMemfd || kind == KindTTY && id != "" {
+			fi.Path = string(path)
+		}
 		if err == nil {
-			info.Mode = st.Mode & 07777
-			info.Size = st.Size
-			info.Dev = devString(st.Dev)
-			info.Inode = st.Ino
-			if info.Type == "chr" || info.Type == "blk" {
-				info.Rdev = devString(st.Rdev)
+			fi.Mode = st.mode & 07777
+			fi.Size = st.size
+			fi.Dev = devString(st.dev)
+			fi.Inode = st.ino
+			if typ == "chr" || typ == "blk" {
+				fi.Rdev = devString(st.rdev)
 			}
 		}
-		fi := info
-		n.File = &fi
-		n.File.Written = written
+		n.File = fi
 	} else if n.File.MntID == 0 {
-		n.File.MntID = info.MntID
+		n.File.MntID = mntID
 	}
 	if n.Kind != kind && (n.Kind == KindFile || n.Kind == KindUnknown) {
 		n.Kind = kind // first seen through a mapping
 	}
-	if info.Type == "regular" && strings.Contains(h.Access, "w") {
+	if typ == "regular" && strings.Contains(h.Access, "w") {
 		n.File.Written = true
 	}
 	n.Holders = append(n.Holders, h)

@@ -133,12 +133,12 @@ type Graph struct {
 	Partial  bool      `json:"partial"`
 	Problems []Problem `json:"problems,omitempty"`
 	// Nodes are ordered: processes by pid, then resources by kind and ID.
-	Nodes []Node `json:"nodes"`
+	Nodes []*Node `json:"nodes"`
 	// Edges come in a fixed order for a given tree: parent/child edges
 	// first, then the edges of each node in node order.
 	Edges []Edge `json:"edges"`
 
-	index map[string]int
+	index map[string]*Node
 }
 
 // Problem records something the scan could not read.
@@ -356,31 +356,37 @@ func (e Edge) Key() string {
 	return string(e.Kind) + "|" + e.From + "|" + e.To + "|" + e.Via
 }
 
-// Node returns the node with the given ID, or nil.
+// Node returns the node with the given ID, or nil. Graphs from Scan are
+// indexed; others (decoded from JSON, built by hand) are searched unless
+// BuildIndex was called.
 func (g *Graph) Node(id string) *Node {
-	if g.index == nil {
-		g.reindex()
+	if g.index != nil {
+		return g.index[id]
 	}
-	i, ok := g.index[id]
-	if !ok {
-		return nil
+	for _, n := range g.Nodes {
+		if n.ID == id {
+			return n
+		}
 	}
-	return &g.Nodes[i]
+	return nil
 }
 
-func (g *Graph) reindex() {
-	g.index = make(map[string]int, len(g.Nodes))
-	for i := range g.Nodes {
-		g.index[g.Nodes[i].ID] = i
+// BuildIndex indexes the nodes of a graph that did not come from Scan (one
+// decoded from JSON, for instance) so that Node is fast. It must not run
+// concurrently with other methods.
+func (g *Graph) BuildIndex() {
+	g.index = make(map[string]*Node, len(g.Nodes))
+	for _, n := range g.Nodes {
+		g.index[n.ID] = n
 	}
 }
 
 // Processes returns the process nodes of the tree in pid order.
 func (g *Graph) Processes() []*Node {
 	var out []*Node
-	for i := range g.Nodes {
-		if g.Nodes[i].Kind == KindProcess {
-			out = append(out, &g.Nodes[i])
+	for _, n := range g.Nodes {
+		if n.Kind == KindProcess {
+			out = append(out, n)
 		}
 	}
 	return out
@@ -418,8 +424,7 @@ func (f Finding) String() string {
 // worst first, then by node ID.
 func (g *Graph) Preflight() []Finding {
 	var out []Finding
-	for i := range g.Nodes {
-		n := &g.Nodes[i]
+	for _, n := range g.Nodes {
 		if n.Verdict.Level.Rank() == 0 {
 			continue
 		}

@@ -12,7 +12,7 @@ import (
 // a pipe, a file, and one blocker.
 func sampleGraph() *Graph {
 	g := &Graph{Root: 10, Scope: ScopeTree, Time: time.Unix(0, 0), Duration: 3 * time.Millisecond}
-	g.Nodes = []Node{
+	g.Nodes = []*Node{
 		{ID: "proc:10", Kind: KindProcess, Label: "10 app", Verdict: Verdict{Level: LevelOK},
 			Process: &Process{PID: 10, NSPID: []int{10, 1}, SID: 10, Comm: "app", State: "S", CPUTime: time.Second, RSS: 4 << 20,
 				Threads: []Thread{{TID: 10, Comm: "app", State: "S"}}, ThreadCount: 1}},
@@ -90,7 +90,7 @@ func TestDiff(t *testing.T) {
 	}
 	// A new descriptor, a closed pipe, an exec.
 	next.Nodes[0].Process.Comm = "app2"
-	next.Nodes = append(next.Nodes[:3], Node{ID: "file:/tmp/new", Kind: KindFile, Label: "/tmp/new", Holders: []Holder{{PID: 10, FD: 5}}})
+	next.Nodes = append(next.Nodes[:3], &Node{ID: "file:/tmp/new", Kind: KindFile, Label: "/tmp/new", Holders: []Holder{{PID: 10, FD: 5}}})
 	next.Edges = append(next.Edges[:3], Edge{From: "proc:10", To: "file:/tmp/new", Kind: EdgeHolds, Reason: "fd 5 (r)"})
 	ch := Diff(old, next)
 	got := map[string]bool{}

@@ -173,9 +173,9 @@ func (a *appProc) send(t testing.TB, line string) {
 // findNodes returns the nodes matching pred.
 func findNodes(g *Graph, pred func(n *Node) bool) []*Node {
 	var out []*Node
-	for i := range g.Nodes {
-		if pred(&g.Nodes[i]) {
-			out = append(out, &g.Nodes[i])
+	for _, n := range g.Nodes {
+		if pred(n) {
+			out = append(out, n)
 		}
 	}
 	return out

@@ -230,19 +230,43 @@ func parseStat(b []byte) (statInfo, error) {
 	}
 	s.PID = pid
 	s.Comm = string(b[open+1 : closeIdx])
-	fields := bytes.Fields(b[closeIdx+1:])
-	// fields[0] is field 3 (state) of proc(5).
-	if len(fields) < 22 {
-		return s, fmt.Errorf("stat: %d fields after comm, want >= 22", len(fields))
+	// Fields after the comm, from field 3 (state) of proc(5) on.
+	var fields [22][]byte
+	n := 0
+	rest := b[closeIdx+1:]
+	for n < len(fields) {
+		for len(rest) > 0 && (rest[0] == ' ' || rest[0] == '\n') {
+			rest = rest[1:]
+		}
+		if len(rest) == 0 {
+			break
+		}
+		j := bytes.IndexAny(rest, " \n")
+		if j < 0 {
+			j = len(rest)
+		}
+		fields[n], rest = rest[:j], rest[j:]
+		n++
 	}
-	s.State = string(fields[0])
+	if n < len(fields) {
+		return s, fmt.Errorf("stat: %d fields after comm, want >= 22", n)
+	}
+	s.State = stateString(fields[0])
 	num := func(i int) uint64 {
-		v, _ := strconv.ParseUint(string(fields[i]), 10, 64)
+		v, _ := parseUintBytes(fields[i], 10)
 		return v
 	}
 	inum := func(i int) int {
-		v, _ := strconv.Atoi(string(fields[i]))
-		return v
+		f := fields[i]
+		neg := len(f) > 0 && f[0] == '-'
+		if neg {
+			f = f[1:]
+		}
+		v, _ := parseUintBytes(f, 10)
+		if neg {
+			return -int(v)
+		}
+		return int(v)
 	}
 	s.PPID = inum(1)
 	s.PGID = inum(2)
@@ -253,6 +277,18 @@ func parseStat(b []byte) (statInfo, error) {
 	s.StartTime = num(19)
 	s.RSSPages = num(21)
 	return s, nil
+}
+
+// stateString returns the one-letter process state without allocating for
+// the common letters.
+func stateString(b []byte) string {
+	if len(b) == 1 {
+		const letters = "RSDZTtXxKWPI"
+		if i := bytes.IndexByte([]byte(letters), b[0]); i >= 0 {
+			return letters[i : i+1]
+		}
+	}
+	return string(b)
 }
 
 func ticksToDuration(t uint64) time.Duration {
@@ -509,37 +545,30 @@ func parseMaps(b []byte, intern func([]byte) string, fn func(m *Mapping)) error 
 // parseMapHeader parses "start-end perms offset dev inode path".
 func parseMapHeader(line []byte, intern func([]byte) string) (Mapping, error) {
 	var m Mapping
-	bad := func() (Mapping, error) { return m, fmt.Errorf("maps: malformed line %q", truncate(line, 96)) }
 	rest := line
-	next := func() []byte {
-		rest = bytes.TrimLeft(rest, " ")
-		i := bytes.IndexByte(rest, ' ')
-		if i < 0 {
-			f := rest
-			rest = nil
-			return f
+	var fields [5][]byte
+	for i := range fields {
+		for len(rest) > 0 && rest[0] == ' ' {
+			rest = rest[1:]
 		}
-		f := rest[:i]
-		rest = rest[i+1:]
-		return f
+		j := bytes.IndexByte(rest, ' ')
+		if j < 0 {
+			fields[i], rest = rest, nil
+		} else {
+			fields[i], rest = rest[:j], rest[j+1:]
+		}
 	}
-	addr, perms, off, dev, ino := next(), next(), next(), next(), next()
+	addr, perms, off, dev, ino := fields[0], fields[1], fields[2], fields[3], fields[4]
 	dash := bytes.IndexByte(addr, '-')
-	if dash < 0 || len(perms) != 4 || len(dev) == 0 || len(ino) == 0 {
-		return bad()
+	var ok1, ok2, ok3, ok4 bool
+	if dash >= 0 {
+		m.Start, ok1 = parseUintBytes(addr[:dash], 16)
+		m.End, ok2 = parseUintBytes(addr[dash+1:], 16)
 	}
-	var err error
-	if m.Start, err = strconv.ParseUint(string(addr[:dash]), 16, 64); err != nil {
-		return bad()
-	}
-	if m.End, err = strconv.ParseUint(string(addr[dash+1:]), 16, 64); err != nil {
-		return bad()
-	}
-	if m.Offset, err = strconv.ParseUint(string(off), 16, 64); err != nil {
-		return bad()
-	}
-	if m.Inode, err = strconv.ParseUint(string(ino), 10, 64); err != nil {
-		return bad()
+	m.Offset, ok3 = parseUintBytes(off, 16)
+	m.Inode, ok4 = parseUintBytes(ino, 10)
+	if !(ok1 && ok2 && ok3 && ok4) || len(perms) != 4 || len(dev) == 0 || m.End < m.Start {
+		return m, fmt.Errorf("maps: malformed line %q", truncate(line, 96))
 	}
 	m.Perms = intern(perms)
 	m.Dev = intern(dev)
@@ -547,6 +576,30 @@ func parseMapHeader(line []byte, intern func([]byte) string) (Mapping, error) {
 	m.Size = m.End - m.Start
 	m.Kind = classifyMapping(&m)
 	return m, nil
+}
+
+// parseUintBytes parses an unsigned number in base 10 or 16 without
+// allocating.
+func parseUintBytes(b []byte, base uint64) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 && base == 16 || len(b) > 19 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		var d uint64
+		switch {
+		case c >= '0' && c <= '9':
+			d = uint64(c - '0')
+		case base == 16 && c >= 'a' && c <= 'f':
+			d = uint64(c-'a') + 10
+		case base == 16 && c >= 'A' && c <= 'F':
+			d = uint64(c-'A') + 10
+		default:
+			return 0, false
+		}
+		n = n*base + d
+	}
+	return n, true
 }
 
 const deletedSuffix = " (deleted)"

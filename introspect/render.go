@@ -35,8 +35,8 @@ func (g *Graph) WriteText(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	procs := g.Processes()
 	resources := 0
-	for i := range g.Nodes {
-		switch g.Nodes[i].Kind {
+	for _, n := range g.Nodes {
+		switch n.Kind {
 		case KindProcess, KindPeer, KindOutsideProcess:
 		default:
 			resources++
@@ -245,8 +245,7 @@ func (g *Graph) WriteDOT(w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	fmt.Fprintf(bw, "digraph %s {\n", dotQuote("tree "+strconv.Itoa(g.Root)))
 	fmt.Fprintf(bw, "  rankdir=LR;\n  node [fontname=\"monospace\" fontsize=10];\n  edge [fontname=\"monospace\" fontsize=8];\n")
-	for i := range g.Nodes {
-		n := &g.Nodes[i]
+	for _, n := range g.Nodes {
 		attrs := []string{"label=" + dotQuote(n.Label)}
 		switch n.Kind {
 		case KindProcess:

@@ -100,7 +100,7 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 		byID:    make(map[string]*Node, sc.lastNodes+64),
 		procs:   make(map[int]*Node, 16),
 		sockets: make(map[uint64]*sockUse, 64),
-		stats:   make(map[statKey]unix.Stat_t, 64),
+		stats:   make(map[uint64]map[string]fileStat, 2),
 		pipes:   make(map[uint64]*Node, 64),
 		files:   make(map[string]*Node, 64),
 	}
@@ -129,11 +129,12 @@ type scanner struct {
 	maps    map[int][]mapUse     // shared mappings per pid
 	devMaps []devMap
 	fdBuf   []int
-	allPIDs []int // the machine's processes, when listed at the start
-	stats   map[statKey]unix.Stat_t
+	allPIDs []int                          // the machine's processes, when listed at the start
+	stats   map[uint64]map[string]fileStat // by mount namespace and path
 	pipes   map[uint64]*Node
 	files   map[string]*Node // "file:PATH" nodes by path
 	slab    []Node           // nodes are allocated from it in blocks
+	sorted  int              // s.nodes[:sorted] is in order
 	// internal holds the IDs of inet sockets whose peer is a socket of
 	// the tree.
 	internal map[string]bool
@@ -908,19 +909,30 @@ func (s *scanner) findOutsideHolders() {
 	}
 }
 
-// finish sorts nodes and edges and fills the Graph.
+// finish fills the Graph with the nodes in order. buildEdges sorted the
+// nodes it found; the ones it added (peers, outside processes) are sorted
+// and merged in.
 func (s *scanner) finish() {
-	slices.SortFunc(s.nodes, nodeCmp)
-	s.g.Nodes = make([]Node, len(s.nodes))
-	for i, n := range s.nodes {
-		slices.SortFunc(n.Holders, func(a, b Holder) int {
-			if a.PID != b.PID {
-				return cmp.Compare(a.PID, b.PID)
-			}
-			return cmp.Compare(a.FD, b.FD)
-		})
-		s.g.Nodes[i] = *n
+	head, tail := s.nodes[:s.sorted], s.nodes[s.sorted:]
+	slices.SortFunc(tail, nodeCmp)
+	s.g.Nodes = make([]*Node, 0, len(s.nodes))
+	for len(head) > 0 || len(tail) > 0 {
+		var n *Node
+		if len(tail) == 0 || (len(head) > 0 && nodeCmp(head[0], tail[0]) <= 0) {
+			n, head = head[0], head[1:]
+		} else {
+			n, tail = tail[0], tail[1:]
+		}
+		if len(n.Holders) > 1 {
+			slices.SortFunc(n.Holders, func(a, b Holder) int {
+				if a.PID != b.PID {
+					return cmp.Compare(a.PID, b.PID)
+				}
+				return cmp.Compare(a.FD, b.FD)
+			})
+		}
+		s.g.Nodes = append(s.g.Nodes, n)
 	}
-	s.g.reindex()
+	s.g.index = s.byID
 	slices.SortStableFunc(s.g.Problems, func(a, b Problem) int { return strings.Compare(a.Node, b.Node) })
 }

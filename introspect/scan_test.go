@@ -306,8 +306,7 @@ func TestScanApp(t *testing.T) {
 	t.Run("outside", func(t *testing.T) {
 		// stdin and stdout are pipes whose other end this test holds.
 		var stdin *Node
-		for i := range g.Nodes {
-			n := &g.Nodes[i]
+		for _, n := range g.Nodes {
 			if n.Kind == KindPipe {
 				for _, h := range n.Holders {
 					if h.PID == a.pid && h.FD == 0 {

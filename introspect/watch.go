@@ -336,9 +336,9 @@ func pidSet(g *Graph) map[int]bool {
 	if g == nil {
 		return m
 	}
-	for i := range g.Nodes {
-		if g.Nodes[i].Kind == KindProcess {
-			m[g.Nodes[i].Process.PID] = true
+	for _, n := range g.Nodes {
+		if n.Kind == KindProcess {
+			m[n.Process.PID] = true
 		}
 	}
 	return m
@@ -404,13 +404,13 @@ func Diff(old, new *Graph) []Change {
 	oldN := map[string]*Node{}
 	if old != nil {
 		for i := range old.Nodes {
-			oldN[old.Nodes[i].ID] = &old.Nodes[i]
+			oldN[old.Nodes[i].ID] = old.Nodes[i]
 		}
 	}
 	newN := map[string]bool{}
 	if new != nil {
 		for i := range new.Nodes {
-			n := &new.Nodes[i]
+			n := new.Nodes[i]
 			newN[n.ID] = true
 			o := oldN[n.ID]
 			switch {
@@ -424,7 +424,7 @@ func Diff(old, new *Graph) []Change {
 	if old != nil {
 		for i := range old.Nodes {
 			if !newN[old.Nodes[i].ID] {
-				out = append(out, Change{Op: OpRemoved, Node: &old.Nodes[i]})
+				out = append(out, Change{Op: OpRemoved, Node: old.Nodes[i]})
 			}
 		}
 	}
