@@ -44,6 +44,11 @@ type Config struct {
 	// /proc/PID/maps only (layout and sizes, no residency).
 	MapSizes bool
 
+	// ProcessDetails reads each process's cmdline, exe and cgroups and
+	// all its namespaces. False reads only the ipc, mnt, net and pid
+	// namespaces, which the scan itself needs.
+	ProcessDetails bool
+
 	// FDInfo reads /proc/PID/fdinfo for the offset and open flags of
 	// regular files and the details of anonymous inodes (eventfd count,
 	// epoll targets, inotify watches). False takes the open mode from the
@@ -80,6 +85,7 @@ func DefaultConfig() Config {
 		ProcRoot:         "/proc",
 		Scope:            ScopeTree,
 		MapSizes:         true,
+		ProcessDetails:   true,
 		FDInfo:           true,
 		Threads:          true,
 		OutsideHolders:   true,
@@ -91,10 +97,12 @@ func DefaultConfig() Config {
 // CheckpointConfig is DefaultConfig for a scan inside a checkpoint's freeze
 // window: it keeps everything a verdict depends on (so Preflight finds the
 // same findings) and drops the details that cost most — page-table walks
-// for mapping sizes, fdinfo reads, per-thread stats.
+// for mapping sizes, fdinfo reads, per-thread stats, command lines,
+// cgroups and the namespaces no verdict uses.
 func CheckpointConfig() Config {
 	cfg := DefaultConfig()
 	cfg.MapSizes = false
+	cfg.ProcessDetails = false
 	cfg.FDInfo = false
 	cfg.Threads = false
 	return cfg

@@ -160,7 +160,7 @@ func processLine(n *Node) string {
 	if len(p.NSPID) > 1 {
 		fmt.Fprintf(&b, " [ns pid %d]", p.NSPID[len(p.NSPID)-1])
 	}
-	fmt.Fprintf(&b, " %s  threads %d  fds %d  cpu %s  rss %s", p.State, len(p.Threads), p.FDCount,
+	fmt.Fprintf(&b, " %s  threads %d  fds %d  cpu %s  rss %s", p.State, p.ThreadCount, p.FDCount,
 		p.CPUTime.Round(time.Millisecond), humanBytes(p.RSS))
 	if p.PSS > 0 {
 		fmt.Fprintf(&b, "  pss %s", humanBytes(p.PSS))

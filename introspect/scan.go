@@ -20,6 +20,10 @@ import (
 // exist (or exited before it could be read).
 var ErrNoProcess = errors.New("introspect: no such process")
 
+// verdictNS are the namespaces the scan itself uses: for SysV IPC, the
+// stat cache, sockets and the PID namespace checks.
+var verdictNS = map[string]bool{"ipc": true, "mnt": true, "net": true, "pid": true}
+
 // nsNames are the namespaces recorded for each process.
 var nsNames = [...]string{"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
 
@@ -398,23 +402,28 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 	} else {
 		unreadable("status", err)
 	}
-	if b, err := s.r.readRecordAt(dfd, "cmdline"); err == nil {
-		p.Cmdline = parseCmdline(b)
-	} else {
-		unreadable("cmdline", err)
-	}
-	if l, err := s.r.readlinkAt(dfd, "exe"); err == nil {
-		p.Exe = l
-	} else if !errors.Is(err, unix.ENOENT) { // kernel threads and zombies have no exe
-		unreadable("exe", err)
-	}
-	if b, err := s.r.readRecordAt(dfd, "cgroup"); err == nil {
-		p.Cgroups = parseLines(b)
-	} else {
-		unreadable("cgroup", err)
+	if s.cfg.ProcessDetails {
+		if b, err := s.r.readRecordAt(dfd, "cmdline"); err == nil {
+			p.Cmdline = parseCmdline(b)
+		} else {
+			unreadable("cmdline", err)
+		}
+		if l, err := s.r.readlinkAt(dfd, "exe"); err == nil {
+			p.Exe = l
+		} else if !errors.Is(err, unix.ENOENT) { // kernel threads and zombies have no exe
+			unreadable("exe", err)
+		}
+		if b, err := s.r.readRecordAt(dfd, "cgroup"); err == nil {
+			p.Cgroups = parseLines(b)
+		} else {
+			unreadable("cgroup", err)
+		}
 	}
 	p.Namespaces = make(map[string]uint64, len(nsNames))
 	for i, nsPath := range s.sc.nsPaths {
+		if !s.cfg.ProcessDetails && !verdictNS[nsNames[i]] {
+			continue
+		}
 		l, err := s.r.readlinkBytes(dfd, nsPath)
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
