@@ -411,3 +411,21 @@ func (d *decoder) hashes() []Hash {
 	d.b = d.b[16*n:]
 	return hs
 }
+
+// Validate checks that every file's hash count matches its size and kind
+// and that image names are plain file names. Errors wrap ErrCorrupt.
+func (e *Epoch) Validate() error {
+	for i := range e.Images {
+		if err := e.Images[i].validate(); err != nil {
+			return err
+		}
+	}
+	if e.Data != nil {
+		for i := range e.Data.Files {
+			if err := e.Data.Files[i].validate(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
