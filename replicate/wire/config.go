@@ -79,8 +79,8 @@ type Stats struct {
 
 	Pages, Blobs, Blocks int64 // records sent, by kind
 
-	MetaRaw, MetaWire int64 // epoch description: encoded bytes, bytes on the wire (headers included)
-	DataRaw, DataWire int64 // content records: bytes, bytes on the wire (headers included)
+	MetaRaw, MetaWire  int64 // epoch description: encoded bytes, bytes on the wire (headers included)
+	DataRaw, DataWire  int64 // content records: bytes, bytes on the wire (headers included)
 	WireSent, WireRecv int64 // everything written to and read from the connection
 
 	Handshake time.Duration // preamble, hello, ready
