@@ -1,0 +1,78 @@
+package replicate
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Hold registers an app whose epochs this node receives as a clone: the app
+// is known here (so it can be restored from its newest epoch) but not
+// running. An existing registration keeps its logs and term; a running app
+// is left alone.
+func (e *Engine) Hold(spec Spec, initExe, initSum string) (*AppState, error) {
+	if err := ValidName(spec.Name); err != nil {
+		return nil, err
+	}
+	unlock, err := e.apps.lock(spec.Name, true)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	st, err := e.apps.load(spec.Name)
+	if err != nil {
+		dir := e.apps.path(spec.Name)
+		st = &AppState{
+			Stdout:  filepath.Join(dir, "stdout.log"),
+			Stderr:  filepath.Join(dir, "stderr.log"),
+			Started: time.Now(),
+		}
+	}
+	if alive(st.Pid) {
+		return st, nil
+	}
+	st.Spec = spec
+	st.InitExe, st.InitSum = initExe, initSum
+	st.Pid = 0
+	if err := e.apps.save(st); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// HasInit reports whether the init binary an app's epochs map is present at
+// path with the given SHA-256.
+func HasInit(path, sum string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false
+	}
+	return hex.EncodeToString(h.Sum(nil)) == sum
+}
+
+// InstallInit writes an init binary received from another node at path,
+// after checking its SHA-256, so epochs that map it can be restored here.
+func (e *Engine) InstallInit(r io.Reader, size int64, path, sum string) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("init binary path %q is not absolute", path)
+	}
+	if HasInit(path, sum) {
+		_, err := io.Copy(io.Discard, io.LimitReader(r, size))
+		return err
+	}
+	tmp, err := e.stageInit(r, size, sum)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	return placeInit(tmp, path, sum)
+}
