@@ -79,6 +79,7 @@ func Main(args []string) int {
 		fmt.Fprintf(os.Stderr, "doppel %s: %v\n", Subcommand, err)
 		return ExitCannotExec
 	}
+	closeInherited()
 
 	path, err := exec.LookPath(args[0])
 	if err != nil {
@@ -150,6 +151,30 @@ func waitGate() error {
 			return errors.New("start was cancelled")
 		}
 		return nil
+	}
+}
+
+// closeInherited closes the descriptors above 2 that the init inherited
+// from whoever started doppel (a shell's or a supervisor's stray pipes):
+// the application would inherit them in turn, and a pipe or socket shared
+// with a process outside the tree cannot be checkpointed. Inherited
+// descriptors are exactly those without close-on-exec (they survived the
+// exec); every descriptor the Go runtime opens has it, so those stay.
+func closeInherited() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue // closed already (the directory's own), or ours
+		}
+		unix.Close(fd)
 	}
 }
 

@@ -40,6 +40,11 @@ type StartOptions struct {
 	// opened with O_APPEND for output, and hand the same paths to the CRIU
 	// restore so a log that grew after a checkpoint does not break it.
 	Stdin, Stdout, Stderr *os.File
+	// NewIPC starts the init in a new IPC namespace as well, so that the
+	// application's System V IPC objects (shared memory segments,
+	// semaphores, message queues) are its own: CRIU checkpoints and
+	// restores them only as part of an IPC namespace of the tree.
+	NewIPC bool
 	// BeforeApp, when set, runs with the init's host PID after the init
 	// exists and before it starts the application, e.g. to put the init
 	// into a cgroup that the whole tree must belong to. An error stops the
@@ -66,10 +71,11 @@ type Process struct {
 }
 
 // Start starts opts.Args under a new init (`Exe init-shim -- Args...`) in a
-// new PID namespace and a new session, in the caller's mount, network and
-// other namespaces. ctx bounds only the start: the application outlives it.
-// The caller must eventually call Wait (or the init stays a zombie) and
-// needs CAP_SYS_ADMIN for the PID namespace.
+// new PID namespace (and a new IPC namespace with NewIPC) and a new
+// session, in the caller's mount, network and other namespaces. ctx bounds
+// only the start: the application outlives it. The caller must eventually
+// call Wait (or the init stays a zombie) and needs CAP_SYS_ADMIN for the
+// namespaces.
 func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -118,8 +124,12 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 	if cmd.Stderr, err = std(opts.Stderr, os.O_WRONLY); err != nil {
 		return nil, err
 	}
+	flags := uintptr(unix.CLONE_NEWPID)
+	if opts.NewIPC {
+		flags |= unix.CLONE_NEWIPC
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: unix.CLONE_NEWPID,
+		Cloneflags: flags,
 		Setsid:     true,
 	}
 	var gate *os.File
