@@ -48,11 +48,20 @@ type AppState struct {
 	// Stdout and Stderr are the app's log files.
 	Stdout string `json:"stdout"`
 	Stderr string `json:"stderr"`
+	// PidStart is the start time of Pid (clock ticks since boot, as in
+	// /proc/PID/stat), which tells the app's init from a later process
+	// that reuses its PID; 0 when unknown.
+	PidStart uint64 `json:"pid_start,omitempty"`
 	// Cgroup is the freezer cgroup holding the app.
 	Cgroup  string    `json:"cgroup,omitempty"`
 	Started time.Time `json:"started"`
 	// Term counts how many times the app was started or restored.
 	Term uint64 `json:"term"`
+	// LastEpoch is the highest epoch number this node gave the app (by a
+	// checkpoint, an import or a restore). New epochs are numbered above it
+	// and above every stored epoch, so a number is never reused even when
+	// the store no longer holds the epochs that had it.
+	LastEpoch uint64 `json:"last_epoch,omitempty"`
 }
 
 var appNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
@@ -122,10 +131,19 @@ func (a apps) list() ([]string, error) {
 
 // lock takes the app's exclusive lock without waiting; the returned
 // function releases it. The lock is a flock, so it dies with the process.
-func (a apps) lock(name string) (func(), error) {
-	dir := a.path(name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// Without create, an app that has no directory is ErrNoApp (and none is
+// made for it).
+func (a apps) lock(name string, create bool) (func(), error) {
+	if err := ValidName(name); err != nil {
 		return nil, err
+	}
+	dir := a.path(name)
+	if create {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+	} else if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s (see doppel ls)", ErrNoApp, name)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -165,21 +183,4 @@ func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the comm, which is in parentheses.
-	i := len(b) - 1
-	for i > 0 && b[i] != ')' {
-		i--
-	}
-	return i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
 }

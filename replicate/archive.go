@@ -75,7 +75,10 @@ func (e *Engine) Export(ctx context.Context, name string, epoch uint64, w io.Wri
 	}
 	defer os.RemoveAll(imgDir)
 	if err := e.store.Materialise(ctx, name, epoch, imgDir); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("export %s epoch %d: %w", name, epoch, err)
+	}
+	if err := verifyImages(ctx, imgDir, ep.Images); err != nil {
+		return nil, fmt.Errorf("export %s epoch %d: %w", name, epoch, err)
 	}
 	epBin, err := ep.MarshalBinary()
 	if err != nil {
@@ -90,7 +93,7 @@ func (e *Engine) Export(ctx context.Context, name string, epoch uint64, w io.Wri
 		initSize = fi.Size()
 	}
 	h := &ArchiveHeader{Format: ArchiveFormat, App: *st, Epoch: epoch, Created: time.Now().UTC()}
-	h.App.Pid = 0
+	h.App.Pid, h.App.PidStart = 0, 0
 	h.Bytes = int64(len(epBin)) + initSize
 	for _, f := range ep.Images {
 		if f.Kind != store.KindSymlink {
@@ -289,7 +292,7 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 	if err := ValidName(name); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", ErrBadArchive, err)
 	}
-	unlock, err := e.apps.lock(name)
+	unlock, err := e.apps.lock(name, true)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -400,6 +403,11 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 			}
 		}
 	}
+	// The images are stored by what they hash to now: make sure that is
+	// what the epoch lists.
+	if err := verifyImages(ctx, imgDir, ep.Images); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrBadArchive, err)
+	}
 	if err := tx.AddImageDir(ctx, imgDir); err != nil {
 		return nil, nil, err
 	}
@@ -417,7 +425,8 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 		}
 	}
 	st := h.App
-	st.Pid = 0
+	st.Pid, st.PidStart = 0, 0
+	st.LastEpoch = max(st.LastEpoch, h.Epoch)
 	dir := e.apps.path(name)
 	st.Stdout = filepath.Join(dir, "stdout.log")
 	st.Stderr = filepath.Join(dir, "stderr.log")

@@ -34,9 +34,17 @@ type CheckpointOptions struct {
 // cgroup), RM (resource graph and preflight of the frozen tree), SRM (data
 // files), PRM (CRIU dump, resume, page delta into the store). A blocker at
 // RM or any failure resumes the app and discards the partial epoch; the
-// previous epochs stay as they were.
+// previous epochs stay as they were. Errors: ErrNoApp, ErrNotRunning,
+// ErrBusy, a *introspect.BlockedError (matching introspect.ErrBlocked)
+// naming each blocking resource, a CRIU or store failure.
+//
+// The epoch is numbered above every epoch the store holds and above the
+// highest number the app was ever given here (AppState.LastEpoch); its
+// parent is the newest stored epoch. If the process running Checkpoint dies
+// while the app is frozen, the next operation on the app (or the next New)
+// thaws it.
 func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOptions) (*store.Epoch, error) {
-	unlock, err := e.apps.lock(name)
+	unlock, err := e.apps.lock(name, false)
 	if err != nil {
 		return nil, err
 	}
@@ -45,14 +53,11 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	if err != nil {
 		return nil, err
 	}
-	if !alive(st.Pid) {
+	e.thawIfAbandoned(st)
+	if !st.Running() {
 		return nil, fmt.Errorf("%w: %s (doppel restore %s brings it back from its newest epoch)", ErrNotRunning, name, name)
 	}
-	criuPath, err := e.criuPath(ctx)
-	if err != nil {
-		return nil, err
-	}
-	drv, err := e.driver(criuPath)
+	drv, criuVersion, err := e.criu(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -60,7 +65,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	if err != nil && !errors.Is(err, store.ErrNoEpoch) {
 		return nil, err
 	}
-	number := parent + 1
+	number := max(parent, st.LastEpoch) + 1
 	cg, err := freezer.Open(e.cfg.Freezer, name)
 	if err != nil {
 		return nil, err
@@ -72,7 +77,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	clock := &phaseClock{app: name, epoch: number, obs: opts.Observer}
 	var m store.Manifest
 	m.Term = st.Term
-	m.CRIUVersion = e.criuVersion
+	m.CRIUVersion = criuVersion
 	m.Kernel = e.kernel
 
 	// Everything below runs with the app frozen until thaw() is called;
@@ -111,12 +116,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	// RM: the resource graph of the frozen tree decides; blockers abort
 	// before anything is written.
 	clock.begin(RM)
-	icfg := e.cfg.Introspect
-	icfg.DataPaths = st.Spec.DataPaths
-	g, err := introspect.Scan(ctx, st.Pid, icfg)
-	if err == nil {
-		err = g.Check()
-	}
+	err = e.resources(ctx, st, number)
 	m.Phases.RM = clock.end(err)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
@@ -124,7 +124,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 
 	tx, err := e.store.Begin(name, number, parent)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
 	committed := false
 	defer func() {
@@ -145,21 +145,16 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	// objects of the frozen tree (it finds the cgroup frozen and leaves it
 	// so); the app resumes; then the page delta goes into the store.
 	clock.begin(PRM)
-	work, err := os.MkdirTemp(e.cfg.WorkDir, "doppel-dump-"+name+"-")
+	imgDir, cleanup, err := e.dumpDir(name)
 	if err != nil {
 		clock.end(err)
-		return nil, err
+		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
-	defer os.RemoveAll(work)
-	imgDir := filepath.Join(work, "images")
-	if err := os.Mkdir(imgDir, 0o700); err != nil {
-		clock.end(err)
-		return nil, err
-	}
+	defer cleanup()
 	res, err := drv.Dump(ctx, criu.DumpOptions{
 		Pid:          st.Pid,
 		ImagesDir:    imgDir,
-		WorkDir:      work,
+		WorkDir:      filepath.Dir(imgDir),
 		LeaveRunning: true,
 		FreezeCgroup: cg.Path,
 	})
@@ -179,6 +174,10 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 		return nil, fmt.Errorf("checkpoint %s: commit epoch %d: %w", name, number, err)
 	}
 	committed = true
+	st.LastEpoch = number
+	if err := e.apps.save(st); err != nil {
+		e.log.Warn("epoch stored, app state not updated", "app", name, "epoch", number, "err", err)
+	}
 	if _, err := e.store.GC(ctx); err != nil {
 		e.log.Warn("gc after checkpoint failed", "app", name, "err", err)
 	}
@@ -188,26 +187,69 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	return ep, nil
 }
 
-// ensureInCgroup puts an app that is not yet in its freezer cgroup (one
-// restored by an older run, or adopted) there.
+// resources is the RM phase: scan the frozen tree and refuse it if it holds
+// a blocker. Warnings are logged, except those about the app's own log
+// files, which doppel opened for it and hands over at restore.
+func (e *Engine) resources(ctx context.Context, st *AppState, epoch uint64) error {
+	icfg := e.cfg.Introspect
+	icfg.DataPaths = st.Spec.DataPaths
+	g, err := introspect.Scan(ctx, st.Pid, icfg)
+	if err != nil {
+		return err
+	}
+	if err := g.Check(); err != nil {
+		return err
+	}
+	known := map[string]bool{st.Stdout: true, st.Stderr: true}
+	for _, f := range g.Preflight() {
+		if f.Level != introspect.LevelWarn {
+			continue
+		}
+		if n := g.Node(f.Node); n != nil && n.File != nil && known[n.File.Path] {
+			continue
+		}
+		e.log.Warn("checkpoint: "+f.Reason, "app", st.Spec.Name, "epoch", epoch, "resource", f.Node, "label", f.Label)
+	}
+	return nil
+}
+
+// dumpDir makes a fresh directory for CRIU's images under the work
+// directory (a tmpfs by default, which keeps the freeze short); CRIU's log
+// goes next to it. cleanup removes both.
+func (e *Engine) dumpDir(name string) (imgDir string, cleanup func(), err error) {
+	work, err := os.MkdirTemp(e.cfg.WorkDir, "doppel-dump-"+name+"-")
+	if err != nil {
+		return "", nil, err
+	}
+	imgDir = filepath.Join(work, "images")
+	if err := os.Mkdir(imgDir, 0o700); err != nil {
+		os.RemoveAll(work)
+		return "", nil, err
+	}
+	return imgDir, func() { os.RemoveAll(work) }, nil
+}
+
+// ensureInCgroup puts every process of the app that is not yet in its
+// freezer cgroup (a tree restored or adopted by an older doppel) there, so
+// that the barrier stops all of them.
 func (e *Engine) ensureInCgroup(cg *freezer.Cgroup, st *AppState) error {
 	pids, err := cg.Pids()
 	if err != nil {
 		return err
 	}
+	in := make(map[int]bool, len(pids))
 	for _, p := range pids {
-		if p == st.Pid {
-			return nil
+		in[p] = true
+	}
+	for _, p := range treePids(st.Pid, nil) {
+		if in[p] {
+			continue
+		}
+		if err := cg.Add(p); err != nil && alive(p) {
+			return err
 		}
 	}
-	return cg.Add(st.Pid)
-}
-
-// driver builds a CRIU driver for this engine's configuration.
-func (e *Engine) driver(path string) (*criu.Driver, error) {
-	c := e.cfg.CRIU
-	c.Path = path
-	return criu.New(c)
+	return nil
 }
 
 // statsMap records CRIU's dump stats in the manifest under CRIU's names,

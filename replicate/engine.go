@@ -51,11 +51,13 @@ type Config struct {
 // DefaultConfig is the production configuration under /var/lib/doppel.
 func DefaultConfig() Config {
 	return Config{
-		StateDir:      "/var/lib/doppel",
-		CRIU:          criu.DefaultConfig(),
-		Store:         store.DefaultConfig(),
-		Freezer:       freezer.DefaultConfig(),
-		Introspect:    introspect.DefaultConfig(),
+		StateDir: "/var/lib/doppel",
+		CRIU:     criu.DefaultConfig(),
+		Store:    store.DefaultConfig(),
+		Freezer:  freezer.DefaultConfig(),
+		// The RM scan runs while the app is frozen: keep what verdicts
+		// need, skip page-table walks and per-thread details.
+		Introspect:    introspect.CheckpointConfig(),
 		FreezeTimeout: 10 * time.Second,
 	}
 }
@@ -64,13 +66,18 @@ func DefaultConfig() Config {
 // are safe for concurrent use; operations on one app are serialised by a
 // lock file, so two processes (a daemon and a CLI) cannot interleave them.
 type Engine struct {
-	cfg   Config
-	log   *slog.Logger
-	apps  apps
-	store *store.Store
+	cfg    Config
+	log    *slog.Logger
+	apps   apps
+	store  *store.Store
+	kernel string // uname release, set once by New
 
+	criuMu sync.Mutex // guards the fields below
+	// drv is the node's one CRIU driver (it serialises dumps that share a
+	// working directory and caches feature probes); nil until first use.
+	drv *criu.Driver
+	// criuVersion is the version of drv's binary.
 	criuVersion string
-	kernel      string
 
 	mu sync.Mutex // guards children
 	// children are inits this process started and must reap.
@@ -113,7 +120,49 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	if unix.Uname(&u) == nil {
 		e.kernel = unix.ByteSliceToString(u.Release[:])
 	}
+	e.thawAbandoned()
 	return e, nil
+}
+
+// thawAbandoned thaws every app that a checkpoint left frozen when its
+// process died in the middle (nobody holds the app's lock any more). Apps
+// whose lock is held are being worked on and left alone.
+func (e *Engine) thawAbandoned() {
+	names, err := e.apps.list()
+	if err != nil {
+		return
+	}
+	for _, name := range names {
+		unlock, err := e.apps.lock(name, false)
+		if err != nil {
+			continue
+		}
+		if st, err := e.apps.load(name); err == nil {
+			e.thawIfAbandoned(st)
+		}
+		unlock()
+	}
+}
+
+// thawIfAbandoned thaws the app's cgroup if it is frozen. The caller holds
+// the app's lock, so no checkpoint of it is in progress: a frozen cgroup is
+// what a checkpoint interrupted by the death of its process left behind.
+func (e *Engine) thawIfAbandoned(st *AppState) {
+	if st.Cgroup == "" {
+		return
+	}
+	cg, err := freezer.Open(e.cfg.Freezer, st.Spec.Name)
+	if err != nil {
+		return
+	}
+	if frozen, err := cg.Frozen(); err != nil || !frozen {
+		return
+	}
+	if err := cg.Thaw(); err != nil {
+		e.log.Error("cannot thaw app left frozen by an interrupted checkpoint", "app", st.Spec.Name, "err", err)
+		return
+	}
+	e.log.Warn("thawed app left frozen by an interrupted checkpoint", "app", st.Spec.Name, "pid", st.Pid)
 }
 
 // Close releases the store. Apps keep running.
@@ -122,27 +171,41 @@ func (e *Engine) Close() error { return e.store.Close() }
 // Store is the engine's epoch store (for the wire and export).
 func (e *Engine) Store() *store.Store { return e.store }
 
-// criuPath finds CRIU and its version once.
-func (e *Engine) criuPath(ctx context.Context) (string, error) {
+// criu returns the node's CRIU driver and the version of its binary,
+// locating and checking CRIU on first use. A failure is not cached: the
+// next call tries again (CRIU may have been installed meanwhile).
+func (e *Engine) criu(ctx context.Context) (*criu.Driver, string, error) {
+	e.criuMu.Lock()
+	defer e.criuMu.Unlock()
+	if e.drv != nil {
+		return e.drv, e.criuVersion, nil
+	}
 	p, err := criu.Locate(e.cfg.CRIU.Path, e.cfg.CRIU.Prefix)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
-	if e.criuVersion == "" {
-		v, err := criu.BinaryVersion(ctx, p)
-		if err != nil {
-			return "", err
-		}
-		if v.Less(criu.MinVersion) {
-			return "", fmt.Errorf("%w: %s is %s (run: sudo scripts/get-criu.sh)", criu.ErrTooOld, p, v)
-		}
-		e.criuVersion = v.String()
+	v, err := criu.BinaryVersion(ctx, p)
+	if err != nil {
+		return nil, "", err
 	}
-	return p, nil
+	if v.Less(criu.MinVersion) {
+		return nil, "", fmt.Errorf("%w: %s is %s (run: sudo scripts/get-criu.sh)", criu.ErrTooOld, p, v)
+	}
+	c := e.cfg.CRIU
+	c.Path = p
+	drv, err := criu.New(c)
+	if err != nil {
+		return nil, "", err
+	}
+	e.drv, e.criuVersion = drv, v.String()
+	return e.drv, e.criuVersion, nil
 }
 
-// Run starts an app under a new init in a new PID namespace and registers
-// it. Its stdout and stderr go to log files in the app's directory.
+// Run starts an app under a new init in new PID and IPC namespaces (so that
+// its System V IPC objects are its own and travel with its epochs), in the
+// app's freezer cgroup, and registers it. Its stdout and stderr go to log
+// files in the app's directory. An app of that name that is registered but
+// not running is replaced; its epochs are kept and numbering continues.
 func (e *Engine) Run(ctx context.Context, spec Spec) (*AppState, error) {
 	if err := ValidName(spec.Name); err != nil {
 		return nil, err
@@ -150,6 +213,7 @@ func (e *Engine) Run(ctx context.Context, spec Spec) (*AppState, error) {
 	if len(spec.Args) == 0 {
 		return nil, errors.New("no command: give it after --, e.g. doppel run NAME -- CMD ARGS")
 	}
+	spec.DataPaths = append([]string(nil), spec.DataPaths...)
 	for i, p := range spec.DataPaths {
 		if !filepath.IsAbs(p) {
 			abs, err := filepath.Abs(p)
@@ -160,13 +224,17 @@ func (e *Engine) Run(ctx context.Context, spec Spec) (*AppState, error) {
 		}
 		spec.DataPaths[i] = filepath.Clean(spec.DataPaths[i])
 	}
-	unlock, err := e.apps.lock(spec.Name)
+	unlock, err := e.apps.lock(spec.Name, true)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if old, err := e.apps.load(spec.Name); err == nil && alive(old.Pid) {
-		return nil, fmt.Errorf("%w: %s runs as pid %d (doppel stop %s first)", ErrAppExists, spec.Name, old.Pid, spec.Name)
+	var lastEpoch uint64
+	if old, err := e.apps.load(spec.Name); err == nil {
+		if old.Running() {
+			return nil, fmt.Errorf("%w: %s runs as pid %d (doppel stop %s first)", ErrAppExists, spec.Name, old.Pid, spec.Name)
+		}
+		lastEpoch = old.LastEpoch
 	}
 	exe, sum, err := shim.InstallExe(e.cfg.StateDir)
 	if err != nil {
@@ -174,13 +242,14 @@ func (e *Engine) Run(ctx context.Context, spec Spec) (*AppState, error) {
 	}
 	dir := e.apps.path(spec.Name)
 	st := &AppState{
-		Spec:    spec,
-		InitExe: exe,
-		InitSum: sum,
-		Stdout:  filepath.Join(dir, "stdout.log"),
-		Stderr:  filepath.Join(dir, "stderr.log"),
-		Started: time.Now(),
-		Term:    1,
+		Spec:      spec,
+		InitExe:   exe,
+		InitSum:   sum,
+		Stdout:    filepath.Join(dir, "stdout.log"),
+		Stderr:    filepath.Join(dir, "stderr.log"),
+		Started:   time.Now(),
+		Term:      1,
+		LastEpoch: lastEpoch,
 	}
 	stdout, err := os.OpenFile(st.Stdout, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -196,10 +265,15 @@ func (e *Engine) Run(ctx context.Context, spec Spec) (*AppState, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A cgroup left frozen would freeze the new app as soon as it joins.
+	if err := cg.Thaw(); err != nil {
+		return nil, err
+	}
 	st.Cgroup = cg.Path
 	p, err := shim.Start(ctx, shim.StartOptions{
 		Exe: exe, Args: spec.Args, Dir: spec.Dir, Env: spec.Env,
 		Stdout: stdout, Stderr: stderr,
+		NewIPC: true,
 		// The whole tree must be in the cgroup: the init joins it before
 		// it starts the app.
 		BeforeApp: cg.Add,
@@ -207,7 +281,7 @@ func (e *Engine) Run(ctx context.Context, spec Spec) (*AppState, error) {
 	if err != nil {
 		return nil, err
 	}
-	st.Pid = p.Pid
+	st.Pid, st.PidStart = p.Pid, procStart(p.Pid)
 	if err := e.apps.save(st); err != nil {
 		_ = p.Kill()
 		_, _ = p.Wait()
@@ -251,13 +325,23 @@ func (e *Engine) Apps() ([]*AppState, error) {
 	return out, nil
 }
 
-// Running reports whether the app's init is alive.
-func (st *AppState) Running() bool { return alive(st.Pid) }
+// Running reports whether the app's init is alive (and is still the
+// process that was started or restored, not another one that reuses its
+// PID).
+func (st *AppState) Running() bool {
+	if !alive(st.Pid) {
+		return false
+	}
+	return st.PidStart == 0 || procStart(st.Pid) == st.PidStart
+}
 
-// Stop kills the app's whole tree (its PID namespace dies with its init).
-// Epochs are kept.
+// Stop kills the app's whole tree (its PID namespace dies with its init), as
+// a machine failure would: every process is stopped first and its TCP
+// connections are switched to repair mode, so that the peers see neither a
+// FIN nor a reset and a restore from an epoch can resume the connections.
+// Epochs are kept. Stopping an app that is not running only records it so.
 func (e *Engine) Stop(ctx context.Context, name string) error {
-	unlock, err := e.apps.lock(name)
+	unlock, err := e.apps.lock(name, false)
 	if err != nil {
 		return err
 	}
@@ -269,30 +353,58 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 	if err := e.kill(ctx, st); err != nil {
 		return err
 	}
-	st.Pid = 0
+	st.Pid, st.PidStart = 0, 0
 	return e.apps.save(st)
 }
 
-// kill SIGKILLs the app's init and waits until it is gone.
+// kill SIGKILLs every process of the app, quietly for its TCP peers (see
+// Stop), and waits until the init is gone.
 func (e *Engine) kill(ctx context.Context, st *AppState) error {
-	if !alive(st.Pid) {
+	if !st.Running() {
 		return nil
 	}
+	name := st.Spec.Name
+	var cg *freezer.Cgroup
 	if st.Cgroup != "" {
-		// A frozen task does not die until thawed.
-		if cg, err := freezer.Open(e.cfg.Freezer, st.Spec.Name); err == nil {
-			_ = cg.Thaw()
+		cg, _ = freezer.Open(e.cfg.Freezer, name)
+	}
+	pids := []int{st.Pid}
+	if cg != nil {
+		fctx, cancel := context.WithTimeout(ctx, e.cfg.FreezeTimeout)
+		err := cg.Freeze(fctx)
+		cancel()
+		if err != nil {
+			e.log.Warn("cannot freeze app before killing it: its TCP peers may see the connections close", "app", name, "err", err)
+		} else {
+			pids = treePids(st.Pid, cg)
+			if n, failed, err := repairTCP(pids); failed > 0 {
+				e.log.Warn("some TCP connections could not be switched to repair mode: their peers see them close", "app", name, "switched", n, "failed", failed, "err", err)
+			}
 		}
 	}
-	if err := unix.Kill(st.Pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill app %s pid %d: %w", st.Spec.Name, st.Pid, err)
+	for _, pid := range pids {
+		if err := unix.Kill(pid, unix.SIGKILL); err != nil && !errors.Is(err, unix.ESRCH) {
+			if pid == st.Pid {
+				if cg != nil {
+					_ = cg.Thaw()
+				}
+				return fmt.Errorf("kill app %s pid %d: %w", name, pid, err)
+			}
+		}
+	}
+	// A frozen task does not die until thawed; it dies before it runs
+	// another instruction of its own.
+	if cg != nil {
+		if err := cg.Thaw(); err != nil {
+			e.log.Warn("thaw to kill", "app", name, "err", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for alive(st.Pid) {
+	for st.Running() {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("app %s pid %d did not exit after SIGKILL: %w", st.Spec.Name, st.Pid, ctx.Err())
+			return fmt.Errorf("app %s pid %d did not exit after SIGKILL: %w", name, st.Pid, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

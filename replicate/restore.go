@@ -2,9 +2,13 @@ package replicate
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"doppel/replicate/criu"
@@ -30,12 +34,19 @@ type RestoreOptions struct {
 	Force bool
 }
 
-// Restore brings an app that is not running back from an epoch: the data
-// files are rewritten in place first, then CRIU restores the process tree
-// into a fresh PID namespace, as a child of this process, and the app is
-// registered as running again with its term incremented.
+// Restore brings an app that is not running back from an epoch: the
+// epoch's images are materialised and checked against their hashes, the
+// data files are rewritten in place, then CRIU restores the process tree
+// into fresh PID and IPC namespaces, as a child of this process, and the
+// app is registered as running again with its term incremented.
+//
+// Errors: ErrNoApp, ErrBusy, ErrRunning, store.ErrNoEpoch, ErrMismatch
+// (unless Force), store.ErrCorrupt for damaged stored content (detected
+// before the data files are touched), a CRIU failure. After an error
+// nothing of the app runs; the data files may have been rewritten to the
+// epoch's state (a later restore rewrites them again).
 func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) (*AppState, *store.Epoch, error) {
-	unlock, err := e.apps.lock(name)
+	unlock, err := e.apps.lock(name, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -44,7 +55,7 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 	if err != nil {
 		return nil, nil, err
 	}
-	if alive(st.Pid) {
+	if st.Running() {
 		return nil, nil, fmt.Errorf("%w: %s as pid %d (doppel stop %s first)", ErrRunning, name, st.Pid, name)
 	}
 	n := opts.Epoch
@@ -58,33 +69,35 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 		return nil, nil, fmt.Errorf("restore %s epoch %d: %w (doppel epochs %s lists them)", name, n, err, name)
 	}
 	defer release()
-	criuPath, err := e.criuPath(ctx)
+	drv, criuVersion, err := e.criu(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := e.compatible(&ep.Manifest, opts.Force); err != nil {
+	if err := e.compatible(&ep.Manifest, criuVersion, opts.Force); err != nil {
 		return nil, nil, err
 	}
 	if err := checkInit(st); err != nil {
 		return nil, nil, err
 	}
-	drv, err := e.driver(criuPath)
+
+	// Images first, checked: a damaged epoch must fail before the data
+	// files are rewritten.
+	work, err := os.MkdirTemp(e.cfg.WorkDir, "doppel-restore-"+name+"-")
 	if err != nil {
 		return nil, nil, err
 	}
-
+	defer os.RemoveAll(work)
+	imgDir := filepath.Join(work, "images")
+	if err := e.store.Materialise(ctx, name, n, imgDir); err != nil {
+		return nil, nil, fmt.Errorf("restore %s epoch %d: %w", name, n, err)
+	}
+	if err := verifyImages(ctx, imgDir, ep.Images); err != nil {
+		return nil, nil, fmt.Errorf("restore %s epoch %d: %w (restore an older epoch with --epoch)", name, n, err)
+	}
 	if ep.Data != nil {
 		if _, err := datafile.Restore(ep.Data, "/", e.store); err != nil {
 			return nil, nil, fmt.Errorf("restore %s epoch %d: data files: %w", name, n, err)
 		}
-	}
-	imgDir, err := os.MkdirTemp(e.cfg.WorkDir, "doppel-restore-"+name+"-")
-	if err != nil {
-		return nil, nil, err
-	}
-	defer os.RemoveAll(imgDir)
-	if err := e.store.Materialise(ctx, name, n, imgDir); err != nil {
-		return nil, nil, err
 	}
 	cg, err := freezer.Open(e.cfg.Freezer, name)
 	if err != nil {
@@ -92,24 +105,38 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 	}
 	res, err := drv.Restore(ctx, criu.RestoreOptions{
 		ImagesDir:   imgDir,
+		WorkDir:     work,
 		AppendFiles: []string{st.Stdout, st.Stderr},
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("restore %s epoch %d: %w", name, n, err)
 	}
-	// The epoch recorded the cgroup frozen (the barrier); CRIU puts that
-	// state back, so resume the app explicitly.
-	if err := cg.Thaw(); err != nil {
-		e.log.Warn("thaw after restore", "app", name, "err", err)
-	}
-	if p, err := shim.Attach(res.Pid); err == nil {
+	p, aerr := shim.Attach(res.Pid)
+	if aerr == nil {
 		e.adopt(p)
 	}
-	st.Pid = res.Pid
+	fail := func(err error) (*AppState, *store.Epoch, error) {
+		tmp := *st
+		tmp.Pid, tmp.PidStart, tmp.Cgroup = res.Pid, procStart(res.Pid), cg.Path
+		if kerr := e.kill(context.WithoutCancel(ctx), &tmp); kerr != nil {
+			e.log.Error("cannot kill app after a failed restore", "app", name, "pid", res.Pid, "err", kerr)
+		}
+		return nil, nil, fmt.Errorf("restore %s epoch %d: %w", name, n, err)
+	}
+	// The epoch recorded the cgroup frozen (the barrier); CRIU puts that
+	// state back, so resume the app explicitly.
+	if err := e.ensureInCgroup(cg, &AppState{Pid: res.Pid}); err != nil {
+		return fail(err)
+	}
+	if err := cg.Thaw(); err != nil {
+		return fail(err)
+	}
+	st.Pid, st.PidStart = res.Pid, procStart(res.Pid)
 	st.Cgroup = cg.Path
 	st.Term++
+	st.LastEpoch = max(st.LastEpoch, n)
 	if err := e.apps.save(st); err != nil {
-		return nil, nil, err
+		return fail(err)
 	}
 	e.log.Info("app restored", "app", name, "epoch", n, "pid", res.Pid, "took", res.Wall)
 	return st, ep, nil
@@ -117,10 +144,10 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 
 // compatible refuses an epoch from another CRIU version or kernel unless
 // forced, naming both.
-func (e *Engine) compatible(m *store.Manifest, force bool) error {
+func (e *Engine) compatible(m *store.Manifest, criuVersion string, force bool) error {
 	var diff []string
-	if m.CRIUVersion != "" && m.CRIUVersion != e.criuVersion {
-		diff = append(diff, fmt.Sprintf("CRIU %s there, %s here", m.CRIUVersion, e.criuVersion))
+	if m.CRIUVersion != "" && m.CRIUVersion != criuVersion {
+		diff = append(diff, fmt.Sprintf("CRIU %s there, %s here", m.CRIUVersion, criuVersion))
 	}
 	if m.Kernel != "" && e.kernel != "" && m.Kernel != e.kernel {
 		diff = append(diff, fmt.Sprintf("kernel %s there, %s here", m.Kernel, e.kernel))
@@ -141,8 +168,81 @@ func checkInit(st *AppState) error {
 	if st.InitExe == "" {
 		return nil
 	}
-	if _, err := os.Stat(st.InitExe); err != nil {
+	f, err := os.Open(st.InitExe)
+	if err != nil {
 		return fmt.Errorf("restore %s: init binary %s is missing (import the app's archive, which carries it): %w", st.Spec.Name, st.InitExe, err)
+	}
+	defer f.Close()
+	if st.InitSum == "" {
+		return nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("restore %s: init binary %s: %w", st.Spec.Name, st.InitExe, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != st.InitSum {
+		return fmt.Errorf("restore %s: init binary %s has sha256 %s, the app was started with %s", st.Spec.Name, st.InitExe, got, st.InitSum)
+	}
+	return nil
+}
+
+// verifyImages checks a materialised image directory against the epoch's
+// description: every file present with its size, and every page or chunk
+// hashing to the recorded hash. Materialise copies stored records without
+// reading them, so this is where damaged content is caught. Errors wrap
+// store.ErrCorrupt.
+func verifyImages(ctx context.Context, dir string, images []store.ImageFile) error {
+	buf := make([]byte, store.ChunkSize)
+	for i := range images {
+		f := &images[i]
+		if f.Kind == store.KindSymlink {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := verifyImage(filepath.Join(dir, f.Name), f, buf); err != nil {
+			return fmt.Errorf("%w: image %s: %v", store.ErrCorrupt, f.Name, err)
+		}
+	}
+	return nil
+}
+
+func verifyImage(path string, f *store.ImageFile, buf []byte) error {
+	unit := int64(store.ChunkSize)
+	if f.Kind == store.KindPages {
+		unit = store.PageSize
+	}
+	r, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	fi, err := r.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != f.Size {
+		return fmt.Errorf("%d bytes, recorded %d", fi.Size(), f.Size)
+	}
+	if want := (f.Size + unit - 1) / unit; int64(len(f.Hashes)) != want {
+		return fmt.Errorf("%d hashes for %d bytes", len(f.Hashes), f.Size)
+	}
+	var off int64
+	for off < f.Size {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), f.Size-off)])
+		if err != nil {
+			return err
+		}
+		for b := buf[:n]; len(b) > 0; {
+			u := b[:min(int64(len(b)), unit)]
+			i := off / unit
+			if store.Sum(u) != f.Hashes[i] {
+				return fmt.Errorf("content at offset %d does not match its hash %s", off, f.Hashes[i])
+			}
+			off += int64(len(u))
+			b = b[len(u):]
+		}
 	}
 	return nil
 }
