@@ -40,7 +40,7 @@ type fdCtx struct {
 // fdinfo reads /proc/PID/fdinfo/NAME.
 func (c *fdCtx) fdinfo(name string, extra bool) (fdinfo, bool) {
 	if c.infoDir == 0 {
-		fd, err := openat(c.dfd, "fdinfo", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+		fd, err := c.s.r.openat(c.dfd, "fdinfo", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 		if err != nil {
 			c.infoDir = -1
 			c.unreadable("fdinfo", err)
@@ -66,7 +66,7 @@ func (c *fdCtx) fdinfo(name string, extra bool) (fdinfo, bool) {
 // permission bits.
 func (c *fdCtx) access(name string) string {
 	var st unix.Stat_t
-	if unix.Fstatat(c.fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+	if c.s.r.fstatat(c.fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
 		return ""
 	}
 	return accessOfLinkMode(st.Mode)
@@ -74,12 +74,12 @@ func (c *fdCtx) access(name string) string {
 
 // readFDs resolves every descriptor of p to a resource node.
 func (s *scanner) readFDs(dfd int, p *Process, unreadable func(string, error)) {
-	fdDir, err := openat(dfd, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	fdDir, err := s.r.openat(dfd, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		unreadable("fds", err)
 		return
 	}
-	defer unix.Close(fdDir)
+	defer s.r.close(fdDir)
 	fds := s.fdBuf[:0]
 	if err := s.r.readDirNames(fdDir, func(name []byte) {
 		if n, ok := atoiBytes(name); ok {
@@ -92,7 +92,7 @@ func (s *scanner) readFDs(dfd int, p *Process, unreadable func(string, error)) {
 	c := &fdCtx{s: s, p: p, dfd: dfd, fdDir: fdDir, unreadable: unreadable}
 	defer func() {
 		if c.infoDir > 0 {
-			unix.Close(c.infoDir)
+			s.r.close(c.infoDir)
 		}
 	}()
 	linkErr := false
@@ -207,7 +207,7 @@ func (c *fdCtx) statPath(name string, path []byte, deleted bool) (fileStat, erro
 		}
 	}
 	var st unix.Stat_t
-	if err := unix.Fstatat(c.fdDir, name, &st, 0); err != nil {
+	if err := c.s.r.fstatat(c.fdDir, name, &st, 0); err != nil {
 		return fileStat{}, err
 	}
 	fs := fileStat{mode: st.Mode, size: st.Size, dev: st.Dev, ino: st.Ino, rdev: st.Rdev}
@@ -246,8 +246,9 @@ func (c *fdCtx) path(h Holder, name string, link []byte) {
 			h.Flags, h.Access, h.Pos = fi.Flags, accessOf(fi.Flags), fi.Pos
 			mntID = fi.MntID
 		}
-	case typ == "chr" || typ == "blk":
-		// The open mode of a device does not change its verdict.
+	case typ == "chr" || typ == "blk" || bytes.HasPrefix(path, []byte("/proc/")) || bytes.HasPrefix(path, []byte("/sys/")):
+		// The open mode of a device or a kernel file does not change its
+		// verdict.
 	default:
 		h.Access = c.access(name)
 	}

@@ -22,6 +22,9 @@ type procReader struct {
 	buf  []byte
 	dent []byte
 	link []byte
+	// calls counts the system calls made through the reader, a
+	// load-independent measure of a scan's cost.
+	calls int
 }
 
 func newProcReader() *procReader {
@@ -58,11 +61,11 @@ func (r *procReader) readChildrenAt(dirfd int, name string) ([]byte, error) {
 // the buffer; done > 0 stops after a read shorter than done bytes; 0
 // reads until end of file.
 func (r *procReader) read(dirfd int, name string, done int) ([]byte, error) {
-	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC)
+	fd, err := r.openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fd)
+	defer r.close(fd)
 	n := 0
 	for {
 		if n == len(r.buf) {
@@ -70,6 +73,7 @@ func (r *procReader) read(dirfd int, name string, done int) ([]byte, error) {
 			copy(nb, r.buf)
 			r.buf = nb
 		}
+		r.calls++
 		m, err := unix.Read(fd, r.buf[n:])
 		if err == unix.EINTR {
 			continue
@@ -85,6 +89,24 @@ func (r *procReader) read(dirfd int, name string, done int) ([]byte, error) {
 			return r.buf[:n], nil
 		}
 	}
+}
+
+// openat opens name under dirfd, counting the call.
+func (r *procReader) openat(dirfd int, name string, flags int) (int, error) {
+	r.calls++
+	return openat(dirfd, name, flags)
+}
+
+// close closes fd, counting the call.
+func (r *procReader) close(fd int) {
+	r.calls++
+	unix.Close(fd)
+}
+
+// fstatat is unix.Fstatat, counted.
+func (r *procReader) fstatat(dirfd int, name string, st *unix.Stat_t, flags int) error {
+	r.calls++
+	return unix.Fstatat(dirfd, name, st, flags)
 }
 
 func openat(dirfd int, name string, flags int) (int, error) {
@@ -108,6 +130,7 @@ func (r *procReader) readlinkAt(dirfd int, name string) (string, error) {
 // the next readlink.
 func (r *procReader) readlinkBytes(dirfd int, name string) ([]byte, error) {
 	for {
+		r.calls++
 		n, err := unix.Readlinkat(dirfd, name, r.link)
 		if err == unix.EINTR {
 			continue
@@ -139,6 +162,7 @@ func bracketNum(b []byte) (uint64, bool) {
 // except "." and "..". The name slice is only valid during the call.
 func (r *procReader) readDirNames(dirfd int, fn func(name []byte)) error {
 	for {
+		r.calls++
 		n, err := unix.Getdents(dirfd, r.dent)
 		if err == unix.EINTR {
 			continue

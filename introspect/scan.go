@@ -356,11 +356,11 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 		return nil, nil
 	}
 	pdir := filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid))
-	dfd, err := openat(unix.AT_FDCWD, pdir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	dfd, err := s.r.openat(unix.AT_FDCWD, pdir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		return gone("process", err)
 	}
-	defer unix.Close(dfd)
+	defer s.r.close(dfd)
 	var st statInfo
 	if pre != nil {
 		st = *pre
@@ -447,12 +447,12 @@ func (s *scanner) readThreads(dfd int, p *Process, wantChildren bool, unreadable
 	if !s.cfg.Threads && !wantChildren {
 		return nil
 	}
-	tfd, err := openat(dfd, "task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	tfd, err := s.r.openat(dfd, "task", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		unreadable("task", err)
 		return nil
 	}
-	defer unix.Close(tfd)
+	defer s.r.close(tfd)
 	var tids []int
 	if err := s.r.readDirNames(tfd, func(name []byte) {
 		if n, ok := atoiBytes(name); ok {
@@ -856,7 +856,7 @@ func (s *scanner) findOutsideHolders() {
 	var fds []int
 	for _, pid := range pids {
 		ps := strconv.Itoa(pid)
-		fdDir, err := openat(dfd, ps+"/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+		fdDir, err := s.r.openat(dfd, ps+"/fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 		if err != nil {
 			if !isGone(err) {
 				denied = append(denied, ps)
@@ -899,13 +899,13 @@ func (s *scanner) findOutsideHolders() {
 			oh := OutsideHolder{PID: pid, Comm: comm, FD: fd, Access: "rw"}
 			if n.Kind == KindPipe {
 				var st unix.Stat_t
-				if unix.Fstatat(fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+				if s.r.fstatat(fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
 					oh.Access = accessOfLinkMode(st.Mode)
 				}
 			}
 			n.Outside = append(n.Outside, oh)
 		}
-		unix.Close(fdDir)
+		s.r.close(fdDir)
 	}
 	if len(denied) > 0 {
 		// Not a part of the tree: the graph stays complete, but the

@@ -407,9 +407,9 @@ func farmChild(dir, idx string) error {
 	select {}
 }
 
-// openFarmFDs opens 40 descriptors: 15 files, 5 pipes, 5 socketpairs,
-// 3 eventfds and 2 TCP listeners. With stdio and the runtime's own
-// descriptors a process holds about 50.
+// openFarmFDs opens 43 descriptors: 15 files, 5 pipes, 5 socketpairs,
+// 3 /dev/null, 3 eventfds and 2 TCP listeners. With stdio and the
+// runtime's own descriptors a process holds about 50.
 func openFarmFDs(dir string, idx int) ([]any, error) {
 	var keep []any
 	for j := 0; j < 15; j++ {
@@ -432,6 +432,11 @@ func openFarmFDs(dir string, idx int) ([]any, error) {
 		keep = append(keep, sp)
 	}
 	for j := 0; j < 3; j++ {
+		f, err := os.Open("/dev/null")
+		if err != nil {
+			return nil, err
+		}
+		keep = append(keep, f)
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 		if err != nil {
 			return nil, err

@@ -1,5 +1,0 @@
-//go:build race
-
-package introspect
-
-const raceEnabled = true
