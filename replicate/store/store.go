@@ -42,6 +42,10 @@ type Store struct {
 	packs  map[string]*pack
 	pins   map[epochKey]int
 	closed bool
+
+	// testBeforeEpochRename, when set, runs between making the packs durable
+	// and renaming the epoch directory into place (crash tests).
+	testBeforeEpochRename func()
 }
 
 type epochKey struct {

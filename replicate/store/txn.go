@@ -322,6 +322,9 @@ func (s *Store) writeEpoch(ep *Epoch) error {
 			return err
 		}
 	}
+	if s.testBeforeEpochRename != nil {
+		s.testBeforeEpochRename()
+	}
 	final := s.epochDir(app, n)
 	s.mu.Lock()
 	_, statErr := os.Stat(final)

@@ -66,4 +66,3 @@ func benchTransfer(b *testing.B, o *op, conns func(testing.TB) (net.Conn, net.Co
 	b.ReportMetric(float64(last.Transfer.Milliseconds()), "xfer-ms")
 	b.ReportMetric(float64(last.Ack.Milliseconds()), "ack-ms")
 }
-

@@ -512,3 +512,20 @@ func TestDeltaRoundTrip(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestReceiverWithoutParentGetsFullDescription(t *testing.T) {
+	o := newOP(t, "app", 512)
+	o.checkpoint()
+	storetest.Dirty(o.mem, 0.1, 4)
+	n2 := o.checkpoint()
+	sb := openStore(t)
+	a, b := pipe(t)
+	st, r := transfer(t, o.st, "app", n2, sb, a, b)
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if st.Delta || st.Wanted != st.Unique {
+		t.Fatalf("stats %+v: want a full description and all content", st)
+	}
+	sameDir(t, o.srcs[n2], materialise(t, sb, "app", n2))
+}
