@@ -130,7 +130,6 @@ type scanner struct {
 	sockets map[uint64]*sockUse
 	sockDia map[uint64]*diagSock // sock_diag view of the tree's sockets
 	peers   map[uint64]*diagSock // UNIX peers outside the tree
-	maps    map[int][]mapUse     // shared mappings per pid
 	devMaps []devMap
 	fdBuf   []int
 	allPIDs []int                          // the machine's processes, when listed at the start
@@ -149,12 +148,6 @@ type sockUse struct {
 	ino     uint64
 	netns   uint64
 	holders []Holder
-}
-
-// mapUse is a mapping of a tree process backed by a shared resource.
-type mapUse struct {
-	id string
-	m  Mapper
 }
 
 type devMap struct {
@@ -630,10 +623,6 @@ func (s *scanner) mappingResource(pid int, m *Mapping) string {
 		return ""
 	}
 	n.Mappers = append(n.Mappers, Mapper{PID: pid, Start: m.Start, End: m.End, Perms: m.Perms})
-	if s.maps == nil {
-		s.maps = map[int][]mapUse{}
-	}
-	s.maps[pid] = append(s.maps[pid], mapUse{id: n.ID, m: Mapper{PID: pid, Start: m.Start, End: m.End, Perms: m.Perms}})
 	return n.ID
 }
 

@@ -18,9 +18,6 @@ import (
 type diagSock struct {
 	kind NodeKind
 	info SocketInfo
-	// localPort is the bound port of an inet socket, used to tell the
-	// server side of a connection inside the tree.
-	localPort uint16
 }
 
 // netnsSockets holds the sock_diag view of one network namespace.
@@ -278,7 +275,7 @@ func parseInetDiagMsg(msg []byte, want map[uint64]bool, kind NodeKind, nsIno uin
 	}
 	src := net.IP(append([]byte(nil), msg[8:8+alen]...))
 	dst := net.IP(append([]byte(nil), msg[24:24+alen]...))
-	d := &diagSock{kind: kind, localPort: sport, info: SocketInfo{
+	d := &diagSock{kind: kind, info: SocketInfo{
 		Inode: ino, Family: family, State: stateName(kind, msg[1]),
 		Local: hostPort(src, sport), RecvQueue: ne.Uint32(msg[56:]), SendQueue: ne.Uint32(msg[60:]),
 		NetNS: nsIno, Diag: true,

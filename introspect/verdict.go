@@ -142,7 +142,11 @@ func (s *scanner) judgeFile(n *Node) {
 	case n.Kind == KindPosixShm && f.DataPath == "":
 		v.raise(LevelWarn, "POSIX shared memory "+f.Path+" is a tmpfs file CRIU reopens by path without copying it: add it to the data paths")
 	case f.Written && f.DataPath == "" && !f.Deleted && !strings.HasPrefix(f.Path, "/proc/") && !strings.HasPrefix(f.Path, "/sys/"):
-		v.raise(LevelWarn, "opened for write outside the data paths: its content is not replicated")
+		reason := "opened for write outside the data paths: its content is not replicated"
+		if len(n.Holders) == 0 {
+			reason = "mapped shared writable outside the data paths: its content is not replicated"
+		}
+		v.raise(LevelWarn, reason)
 	case f.Written && f.DataPath != "":
 		v.raise(LevelOK, "written, in data path "+f.DataPath)
 	}
