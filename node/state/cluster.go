@@ -23,9 +23,9 @@ const (
 	// leader lease 500 ms, commit timeout 50 ms. Failover of the raft leader
 	// takes one to a few seconds.
 	PresetLAN = "lan"
-	// PresetFast is for tests on loopback: heartbeat and election timeouts
-	// 150 ms, lease 100 ms, commit timeout 10 ms. A leader is elected in a
-	// few hundred milliseconds. Too tight for real networks.
+	// PresetFast is for tests on loopback: heartbeat, election and lease
+	// timeouts 300 ms, commit timeout 10 ms. A leader is elected in about
+	// half a second. Too tight for real networks.
 	PresetFast = "fast"
 )
 
@@ -98,8 +98,8 @@ func presetTiming(name string) (timing, error) {
 		}, nil
 	case PresetFast:
 		return timing{
-			heartbeat: 150 * time.Millisecond, election: 150 * time.Millisecond,
-			lease: 100 * time.Millisecond, commit: 10 * time.Millisecond,
+			heartbeat: 300 * time.Millisecond, election: 300 * time.Millisecond,
+			lease: 300 * time.Millisecond, commit: 10 * time.Millisecond,
 			snapshotInterval: 5 * time.Second, ioTimeout: 2 * time.Second,
 		}, nil
 	}

@@ -84,7 +84,7 @@ func TestStreamLayerTLS(t *testing.T) {
 	if err := exchange(a, s); err == nil {
 		t.Fatal("a member connected to a stranger")
 	}
-	waitFor(t, 2*time.Second, "refused handshake logged", func() bool {
+	waitFor(t, 10*time.Second, "refused handshake logged", func() bool {
 		return strings.Contains(tl.String(), "TLS handshake failed")
 	})
 
@@ -151,7 +151,7 @@ func TestStrangerCannotJoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	// n1 tries to replicate to s: wait until s has refused it.
-	waitFor(t, 5*time.Second, "the stranger to refuse the leader's connection", func() bool {
+	waitFor(t, 10*time.Second, "the stranger to refuse the leader's connection", func() bool {
 		return strings.Contains(strangerTL.String(), "TLS handshake failed")
 	})
 	if st := s.State(); st.Index != 0 || len(st.Apps) != 0 {
