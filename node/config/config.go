@@ -7,6 +7,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -30,17 +31,58 @@ const EnvPrefix = "DOPPEL"
 // Config is the whole configuration of a doppel node and its CLI.
 type Config struct {
 	Node       Node       `mapstructure:"node"`
+	Ports      Ports      `mapstructure:"ports"`
+	API        API        `mapstructure:"api"`
 	CRIU       CRIU       `mapstructure:"criu"`
 	Checkpoint Checkpoint `mapstructure:"checkpoint"`
+	Transfer   Transfer   `mapstructure:"transfer"`
+	Metrics    Metrics    `mapstructure:"metrics"`
 	Log        Log        `mapstructure:"log"`
 }
 
-// Node is the identity and storage of this node.
+// Node is the identity, role and storage of this node.
 type Node struct {
 	// Name of this node in the cluster. Empty means the host name.
 	Name string `mapstructure:"name"`
+	// Role is worker (hosts apps and clones) or witness (votes only).
+	Role string `mapstructure:"role"`
 	// StateDir holds epochs, clones and the node's own state. Absolute.
 	StateDir string `mapstructure:"state_dir"`
+	// Bind is the IP address gossip, raft and peer streams listen on.
+	Bind string `mapstructure:"bind"`
+	// Join lists nodes already in the cluster (IP or IP:gossip-port).
+	// Empty: this node starts a new cluster.
+	Join []string `mapstructure:"join"`
+	// KeyFile holds the cluster key written by doppel init.
+	KeyFile string `mapstructure:"key_file"`
+	// Preset sets failure detection and raft timing: lan or fast.
+	Preset string `mapstructure:"preset"`
+}
+
+// Ports are the TCP (and, for gossip, UDP) ports on node.bind.
+type Ports struct {
+	Gossip int `mapstructure:"gossip"`
+	Raft   int `mapstructure:"raft"`
+	Peer   int `mapstructure:"peer"`
+}
+
+// API is the local API of the daemon, used by the CLI and the TUI.
+type API struct {
+	// Socket is the unix socket (root only).
+	Socket string `mapstructure:"socket"`
+}
+
+// Transfer tunes replication to clones.
+type Transfer struct {
+	// RateLimit caps the bytes per second this node sends to clones, so
+	// replication does not starve the app's own traffic. 0: no cap.
+	RateLimit int64 `mapstructure:"rate_limit"`
+}
+
+// Metrics is the Prometheus endpoint.
+type Metrics struct {
+	// Listen is the address of /metrics, e.g. 127.0.0.1:9477. Empty: off.
+	Listen string `mapstructure:"listen"`
 }
 
 // CRIU says where the CRIU binary is.
@@ -73,8 +115,15 @@ func DefaultConfig() Config {
 	return Config{
 		Node: Node{
 			Name:     "",
+			Role:     "worker",
 			StateDir: "/var/lib/doppel",
+			Bind:     "0.0.0.0",
+			Join:     []string{},
+			KeyFile:  "/etc/doppel/cluster.key",
+			Preset:   "lan",
 		},
+		Ports: Ports{Gossip: 7946, Raft: 7947, Peer: 7948},
+		API:   API{Socket: "/run/doppel/doppel.sock"},
 		CRIU: CRIU{
 			Path:   "",
 			Prefix: "/usr/local/lib/doppel/criu",
@@ -83,6 +132,8 @@ func DefaultConfig() Config {
 			Interval:  5 * time.Second,
 			Retention: 2,
 		},
+		Transfer: Transfer{RateLimit: 0},
+		Metrics:  Metrics{Listen: ""},
 		Log: Log{
 			Level:  "info",
 			Format: "text",
@@ -160,6 +211,46 @@ func (c Config) Validate() error {
 	}
 	if c.Node.Name != "" && !nameRE.MatchString(c.Node.Name) {
 		bad("node.name", fmt.Sprintf("%q", c.Node.Name), "use letters, digits, '.', '_' or '-' (at most 63)")
+	}
+	if c.Node.Role != "worker" && c.Node.Role != "witness" {
+		bad("node.role", fmt.Sprintf("%q", c.Node.Role), "use worker or witness")
+	}
+	if net.ParseIP(c.Node.Bind) == nil {
+		bad("node.bind", fmt.Sprintf("%q", c.Node.Bind), "give an IP address such as 0.0.0.0 or 10.0.0.5")
+	}
+	for _, j := range c.Node.Join {
+		host := j
+		if h, _, err := net.SplitHostPort(j); err == nil {
+			host = h
+		}
+		if host == "" {
+			bad("node.join", fmt.Sprintf("%q", j), "give IP or IP:PORT entries")
+		}
+	}
+	if !filepath.IsAbs(c.Node.KeyFile) {
+		bad("node.key_file", fmt.Sprintf("%q", c.Node.KeyFile), "give an absolute path")
+	}
+	if c.Node.Preset != "lan" && c.Node.Preset != "fast" {
+		bad("node.preset", fmt.Sprintf("%q", c.Node.Preset), "use lan or fast")
+	}
+	for key, p := range map[string]int{"ports.gossip": c.Ports.Gossip, "ports.raft": c.Ports.Raft, "ports.peer": c.Ports.Peer} {
+		if p < 1 || p > 65535 {
+			bad(key, p, "use a port between 1 and 65535")
+		}
+	}
+	if c.Ports.Gossip == c.Ports.Raft || c.Ports.Gossip == c.Ports.Peer || c.Ports.Raft == c.Ports.Peer {
+		bad("ports", fmt.Sprintf("%d/%d/%d", c.Ports.Gossip, c.Ports.Raft, c.Ports.Peer), "gossip, raft and peer need three different ports")
+	}
+	if !filepath.IsAbs(c.API.Socket) {
+		bad("api.socket", fmt.Sprintf("%q", c.API.Socket), "give an absolute path")
+	}
+	if c.Transfer.RateLimit < 0 {
+		bad("transfer.rate_limit", c.Transfer.RateLimit, "use bytes per second, 0 for no cap")
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			bad("metrics.listen", fmt.Sprintf("%q", c.Metrics.Listen), "use HOST:PORT, or empty to turn metrics off")
+		}
 	}
 	if !filepath.IsAbs(c.Node.StateDir) {
 		bad("node.state_dir", fmt.Sprintf("%q", c.Node.StateDir), "give an absolute path")
