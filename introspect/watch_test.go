@@ -151,21 +151,27 @@ func TestWatchFeed(t *testing.T) {
 		if _, err := w.Next(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		a.send(t, "fork 400") // the parent opens a pidfd for the child and closes it after
+		a.send(t, "open probe.txt")
+		path := strings.TrimPrefix(a.waitLine(t, "opened ", 10*time.Second), "opened ")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		var sawHold, sawUnhold bool
-		for !(sawHold && sawUnhold) {
-			u, err := w.Next(ctx)
-			if err != nil {
-				t.Fatalf("holds added %v removed %v: %v", sawHold, sawUnhold, err)
-			}
-			for _, c := range u.Changes {
-				if c.Edge != nil && c.Edge.Kind == EdgeHolds && c.Edge.From == ProcessID(a.pid) && strings.HasPrefix(c.Edge.To, "pidfd:") {
-					sawHold = sawHold || c.Op == OpAdded
-					sawUnhold = sawUnhold || (c.Op == OpRemoved && sawHold)
+		file, root := "file:"+path, ProcessID(a.pid)
+		waitEdge := func(op ChangeOp) {
+			t.Helper()
+			for {
+				u, err := w.Next(ctx)
+				if err != nil {
+					t.Fatalf("waiting for holds edge %s %s: %v", op, file, err)
+				}
+				for _, c := range u.Changes {
+					if c.Edge != nil && c.Op == op && c.Edge.Kind == EdgeHolds && c.Edge.From == root && c.Edge.To == file {
+						return
+					}
 				}
 			}
 		}
+		waitEdge(OpAdded)
+		a.send(t, "close probe.txt")
+		waitEdge(OpRemoved)
 	})
 }

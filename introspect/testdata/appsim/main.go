@@ -7,8 +7,9 @@
 //
 // A role prints one JSON line starting with "ready " on stdout when its
 // tree is complete, then reads commands from stdin (app: "fork MS" starts a
-// child that lives MS milliseconds and prints "forked NSPID"). It exits when
-// stdin closes.
+// child that lives MS milliseconds and prints "forked NSPID"; "open NAME"
+// and "close NAME" open and close a file in DIR). It exits when stdin
+// closes.
 package main
 
 import (
@@ -251,8 +252,24 @@ func app(extAddr, dir, unixName string) error {
 	}
 	ready(info)
 	var children []*exec.Cmd
+	opened := map[string]*os.File{}
 	waitStdin(func(cmd []string) {
-		if cmd[0] == "fork" && len(cmd) == 2 {
+		switch {
+		case cmd[0] == "open" && len(cmd) == 2:
+			f, err := os.Create(filepath.Join(dir, cmd[1]))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "appsim: open:", err)
+				return
+			}
+			opened[cmd[1]] = f
+			fmt.Printf("opened %s\n", f.Name())
+		case cmd[0] == "close" && len(cmd) == 2:
+			if f := opened[cmd[1]]; f != nil {
+				f.Close()
+				delete(opened, cmd[1])
+			}
+			fmt.Printf("closed %s\n", cmd[1])
+		case cmd[0] == "fork" && len(cmd) == 2:
 			c := exec.Command(self(), "sleeper", cmd[1])
 			if err := c.Start(); err != nil {
 				fmt.Fprintln(os.Stderr, "appsim: fork:", err)
