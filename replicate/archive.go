@@ -122,7 +122,11 @@ func (e *Engine) Export(ctx context.Context, name string, epoch uint64, w io.Wri
 		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o600, Size: size, ModTime: h.Created, Typeflag: tar.TypeReg}); err != nil {
 			return err
 		}
-		n, err := io.Copy(io.MultiWriter(tw, pw), r)
+		var w io.Writer = tw
+		if name != "archive.json" { // the header is not counted in h.Bytes
+			w = io.MultiWriter(tw, pw)
+		}
+		n, err := io.Copy(w, r)
 		if err == nil && n != size {
 			err = fmt.Errorf("%s changed while exported: %d bytes, expected %d", name, n, size)
 		}
@@ -167,6 +171,7 @@ func (e *Engine) Export(ctx context.Context, name string, epoch uint64, w io.Wri
 	if err := zw.Close(); err != nil {
 		return fail(err)
 	}
+	pw.finish()
 	return h, nil
 }
 
@@ -222,8 +227,17 @@ func (r *blockReader) Read(p []byte) (int, error) {
 type progressWriter struct {
 	ctx         context.Context
 	done, total int64
+	reported    int64 // done at the last call of fn
 	fn          Progress
 	last        time.Time
+}
+
+// finish reports the final count if the last write did not.
+func (p *progressWriter) finish() {
+	if p.fn != nil && p.reported != p.done {
+		p.reported = p.done
+		p.fn(p.done, p.total)
+	}
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {
@@ -233,6 +247,7 @@ func (p *progressWriter) Write(b []byte) (int, error) {
 	p.done += int64(len(b))
 	if p.fn != nil && (time.Since(p.last) > 100*time.Millisecond || p.done == p.total) {
 		p.last = time.Now()
+		p.reported = p.done
 		p.fn(p.done, p.total)
 	}
 	return len(b), nil
@@ -412,6 +427,14 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 		return nil, nil, err
 	}
 	tx.SetData(ep.Data)
+	// The init goes into place before the epoch becomes visible: an epoch
+	// without its init cannot be restored, and a failed import must be
+	// retryable.
+	if initTmp != "" {
+		if err := placeInit(initTmp, h.App.InitExe, h.App.InitSum); err != nil {
+			return nil, nil, err
+		}
+	}
 	m := ep.Manifest
 	m.Parent = 0
 	out, err := tx.Commit(m)
@@ -419,11 +442,7 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 		return nil, nil, fmt.Errorf("import %s: %w", name, err)
 	}
 	committed = true
-	if initTmp != "" {
-		if err := placeInit(initTmp, h.App.InitExe, h.App.InitSum); err != nil {
-			return nil, nil, err
-		}
-	}
+	pw.finish()
 	st := h.App
 	st.Pid, st.PidStart = 0, 0
 	st.LastEpoch = max(st.LastEpoch, h.Epoch)

@@ -145,6 +145,12 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	// objects of the frozen tree (it finds the cgroup frozen and leaves it
 	// so); the app resumes; then the page delta goes into the store.
 	clock.begin(PRM)
+	if pid := killedPid(treePids(st.Pid, cg)); pid != 0 {
+		// CRIU would wait for the dying tree until its timeout.
+		err := fmt.Errorf("%w: %s: pid %d was killed during the checkpoint", ErrNotRunning, name, pid)
+		clock.end(err)
+		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
+	}
 	imgDir, cleanup, err := e.dumpDir(name)
 	if err != nil {
 		clock.end(err)
@@ -161,6 +167,11 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	thaw()
 	if err != nil {
 		clock.end(err)
+		if res != nil && res.Log != "" {
+			if kept := e.keepLog(name, res.Log, "dump-failed.log"); kept != "" {
+				return nil, fmt.Errorf("checkpoint %s: %w (CRIU's log kept as %s)", name, err, kept)
+			}
+		}
 		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
 	m.CRIUStats = statsMap(res.Stats)
@@ -211,6 +222,21 @@ func (e *Engine) resources(ctx context.Context, st *AppState, epoch uint64) erro
 		e.log.Warn("checkpoint: "+f.Reason, "app", st.Spec.Name, "epoch", epoch, "resource", f.Node, "label", f.Label)
 	}
 	return nil
+}
+
+// keepLog copies a CRIU log that is about to be deleted with its work
+// directory into the app's directory and returns the copy's path, "" when
+// it could not.
+func (e *Engine) keepLog(name, log, as string) string {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return ""
+	}
+	dst := filepath.Join(e.apps.path(name), as)
+	if err := writeFileAtomic(dst, b, 0o600); err != nil {
+		return ""
+	}
+	return dst
 }
 
 // dumpDir makes a fresh directory for CRIU's images under the work

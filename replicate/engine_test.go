@@ -418,3 +418,103 @@ func readFile(t testing.TB, path string) string {
 	}
 	return string(b)
 }
+
+// TestExportImport moves an app between two engines with their own state
+// directories through an archive: the restored app continues from the
+// exported epoch's barrier, with the same nonce, and so does the TCP
+// connection the test holds.
+func TestExportImport(t *testing.T) {
+	requireE2E(t)
+	src := newEngine(t, t.TempDir(), nil)
+	a := startApp(t, src, "move", appOpts{shm: true, tick: 10 * time.Millisecond, dataDir: t.TempDir()})
+	held := dial(t, a.port)
+	if s := held.state(t); s.nonce != a.nonce {
+		t.Fatalf("nonce %s, want %s", s.nonce, a.nonce)
+	}
+	var atBarrier []byte
+	for i := 1; i <= 2; i++ {
+		waitTicks(t, a.data, 20*i)
+		if _, err := src.Checkpoint(t.Context(), a.name, CheckpointOptions{
+			Barrier: func(context.Context) (uint64, error) {
+				b, err := os.ReadFile(a.data)
+				atBarrier = b
+				return 0, err
+			},
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := len(parseTicks(t, atBarrier))
+	waitTicks(t, a.data, b+30)
+	stopAndWait(t, src, a.name)
+	atStop := len(readTicks(t, a.data))
+
+	archive := filepath.Join(t.TempDir(), "app.doppel")
+	f, err := os.Create(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var progressed int64
+	h, err := src.Export(t.Context(), a.name, 0, f, func(done, total int64) { progressed = done })
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Epoch != 2 || h.App.Spec.Name != a.name || h.App.Pid != 0 || progressed != h.Bytes {
+		t.Fatalf("archive header %+v (progress %d): want epoch 2 of %s, no pid, progress to %d", h, progressed, a.name, h.Bytes)
+	}
+
+	dst := newEngine(t, t.TempDir(), nil)
+	f, err = os.Open(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, ep, err := dst.Import(t.Context(), f, ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Running() || ep.Manifest.Epoch != 2 || st.LastEpoch != 2 {
+		t.Fatalf("imported: running %t, epoch %d, last epoch %d; want stopped, 2, 2", st.Running(), ep.Manifest.Epoch, st.LastEpoch)
+	}
+	if _, _, err := dst.Import(t.Context(), mustOpen(t, archive), ImportOptions{}); !errors.Is(err, ErrAppExists) {
+		t.Fatalf("second import: %v, want ErrAppExists", err)
+	}
+	st, ep, err = dst.Restore(t.Context(), a.name, RestoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.Manifest.Epoch != 2 || !st.Running() {
+		t.Fatalf("restored epoch %d running %t", ep.Manifest.Epoch, st.Running())
+	}
+	if now := []byte(readFile(t, a.data)); !bytes.HasPrefix(now, atBarrier) {
+		t.Fatal("data file after restore does not start with its content at the barrier")
+	}
+	s := held.state(t)
+	if s.nonce != a.nonce || s.counter < uint64(b) || s.counter >= uint64(atStop) || !s.shmOK || s.shm != s.counter {
+		t.Fatalf("state after restore %+v: want nonce %s, counter from the barrier (%d) below %d, segment = counter", s, a.nonce, b, atStop)
+	}
+	checkTicks(t, waitTicks(t, a.data, int(s.counter)+20), a.nonce)
+
+	// The new node checkpoints the app on from the imported epoch.
+	ep3, err := dst.Checkpoint(t.Context(), a.name, CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep3.Manifest.Epoch != 3 || ep3.Manifest.Parent != 2 {
+		t.Fatalf("epoch %d parent %d on the new node, want 3, 2", ep3.Manifest.Epoch, ep3.Manifest.Parent)
+	}
+	stopAndWait(t, dst, a.name)
+}
+
+func mustOpen(t testing.TB, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}

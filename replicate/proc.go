@@ -181,3 +181,25 @@ func repairOne(fd int) (ok bool, err error) {
 	}
 	return true, nil
 }
+
+// killedPid returns the first of pids that has a SIGKILL pending (it dies
+// as soon as it is thawed), or 0.
+func killedPid(pids []int) int {
+	const sigkill = uint64(1) << (unix.SIGKILL - 1)
+	for _, pid := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(l, ":")
+			if !ok || (k != "SigPnd" && k != "ShdPnd") {
+				continue
+			}
+			if m, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil && m&sigkill != 0 {
+				return pid
+			}
+		}
+	}
+	return 0
+}

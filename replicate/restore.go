@@ -109,6 +109,11 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 		AppendFiles: []string{st.Stdout, st.Stderr},
 	})
 	if err != nil {
+		if res != nil && res.Log != "" {
+			if kept := e.keepLog(name, res.Log, "restore-failed.log"); kept != "" {
+				return nil, nil, fmt.Errorf("restore %s epoch %d: %w (CRIU's log kept as %s)", name, n, err, kept)
+			}
+		}
 		return nil, nil, fmt.Errorf("restore %s epoch %d: %w", name, n, err)
 	}
 	p, aerr := shim.Attach(res.Pid)
