@@ -86,7 +86,9 @@ type Stream struct {
 	werr      error
 	wclosed   bool
 	lastWrite atomic.Int64 // unix nanoseconds
-	ka        *time.Timer
+
+	kaMu sync.Mutex
+	ka   *time.Timer // keepalive; nil once stopped
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -118,7 +120,9 @@ func (t *Transport) newStream(c *tls.Conn, raw net.Conn, h Hello, peer string) *
 	ctx, cancel := context.WithCancel(t.ctx)
 	s := &Stream{t: t, c: c, raw: raw, hello: h, peer: peer, ctx: ctx, cancel: cancel}
 	s.lastWrite.Store(time.Now().UnixNano())
+	s.kaMu.Lock()
 	s.ka = time.AfterFunc(t.cfg.IdleTimeout/3, s.keepalive)
+	s.kaMu.Unlock()
 	return s
 }
 
@@ -365,9 +369,11 @@ func (s *Stream) keepalive() {
 		s.wmu.Unlock()
 		since = 0
 	}
-	if !s.closed.Load() {
+	s.kaMu.Lock()
+	if s.ka != nil {
 		s.ka.Reset(max(period-since, period/4))
 	}
+	s.kaMu.Unlock()
 }
 
 // CloseWrite ends this side of the stream: the peer reads io.EOF after the
@@ -404,7 +410,10 @@ func (s *Stream) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
 		s.cancel()
+		s.kaMu.Lock()
 		s.ka.Stop()
+		s.ka = nil
+		s.kaMu.Unlock()
 		ended := s.wmu.TryLock()
 		if ended {
 			ended = s.wclosed && s.werr == nil
