@@ -33,6 +33,12 @@ type Backend interface {
 	Stop(ctx context.Context, name string) error
 	// Remove forgets a stopped app, its epochs and clones.
 	Remove(ctx context.Context, name string) error
+	// Export writes an app's epoch to an archive file; an unknown app
+	// wraps ErrNotFound.
+	Export(ctx context.Context, name string, req ExportRequest) (ExportResult, error)
+	// Import registers an app from an archive file; an app that exists
+	// wraps ErrConflict.
+	Import(ctx context.Context, req ImportRequest) (ImportResult, error)
 	// Subscribe returns live events, in order, until ctx ends; the backend
 	// closes the channel after ctx ends (or earlier if it stops, which ends
 	// the clients' streams). Events emitted after Subscribe returns must be

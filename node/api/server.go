@@ -81,6 +81,8 @@ var routes = []route{
 	{http.MethodPost, "/v1/apps/{name}/checkpoint", jsonHandler(postCheckpoint)},
 	{http.MethodPost, "/v1/apps/{name}/restore", jsonHandler(postRestore)},
 	{http.MethodPost, "/v1/apps/{name}/stop", jsonHandler(postStop)},
+	{http.MethodPost, "/v1/apps/{name}/export", jsonHandler(postExport)},
+	{http.MethodPost, "/v1/import", jsonHandler(postImport)},
 	{http.MethodGet, "/v1/events", (*Server).serveEvents},
 }
 

@@ -32,10 +32,12 @@ type Fake struct {
 	status api.Status
 	nodes  []api.NodeInfo
 	apps   map[string]*fakeApp
-	fail   map[string]error
-	subs   map[*subscriber]struct{}
-	seq    uint64
-	now    func() time.Time
+	// archives are exported apps by path, for Import.
+	archives map[string]fakeApp
+	fail     map[string]error
+	subs     map[*subscriber]struct{}
+	seq      uint64
+	now      func() time.Time
 }
 
 type fakeApp struct {
@@ -278,6 +280,54 @@ func (f *Fake) Restore(ctx context.Context, name string, epoch uint64, force boo
 	a.info.Term++
 	f.publishLocked(api.Event{Kind: api.KindApp, Node: f.node, App: name, Epoch: epoch, Message: "restored"})
 	return a.info, nil
+}
+
+// Export implements api.Backend: the archive is kept in memory by path.
+func (f *Fake) Export(ctx context.Context, name string, req api.ExportRequest) (api.ExportResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failure("Export"); err != nil {
+		return api.ExportResult{}, err
+	}
+	a, err := f.app(name)
+	if err != nil {
+		return api.ExportResult{}, err
+	}
+	if len(a.epochs) == 0 {
+		return api.ExportResult{}, fmt.Errorf("app %q has no epoch: %w", name, api.ErrConflict)
+	}
+	if f.archives == nil {
+		f.archives = map[string]fakeApp{}
+	}
+	cp := *a
+	cp.epochs = append([]api.EpochInfo(nil), a.epochs...)
+	f.archives[req.Path] = cp
+	f.publishLocked(api.Event{Kind: api.KindApp, Node: f.node, App: name, Message: "exported",
+		Fields: map[string]any{"op": "export", "done": 1, "total": 1}})
+	return api.ExportResult{App: name, Epoch: a.info.NewestEpoch, Path: req.Path, Bytes: 1, RawBytes: 1}, nil
+}
+
+// Import implements api.Backend.
+func (f *Fake) Import(ctx context.Context, req api.ImportRequest) (api.ImportResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failure("Import"); err != nil {
+		return api.ImportResult{}, err
+	}
+	a, ok := f.archives[req.Path]
+	if !ok {
+		return api.ImportResult{}, fmt.Errorf("no archive at %s: %w", req.Path, api.ErrNotFound)
+	}
+	if _, ok := f.apps[a.info.Name]; ok {
+		return api.ImportResult{}, fmt.Errorf("app %q exists: %w", a.info.Name, api.ErrConflict)
+	}
+	a.info.State, a.info.OP, a.info.Pid = api.AppStopped, "", 0
+	if req.Start {
+		a.info.State, a.info.OP = api.AppRunning, f.node
+	}
+	f.apps[a.info.Name] = &a
+	f.publishLocked(api.Event{Kind: api.KindApp, Node: f.node, App: a.info.Name, Message: "imported"})
+	return api.ImportResult{App: a.info.Name, Epoch: a.info.NewestEpoch, Started: req.Start}, nil
 }
 
 // Stop implements api.Backend.
