@@ -44,6 +44,12 @@ type Config struct {
 	// /proc/PID/maps only (layout and sizes, no residency).
 	MapSizes bool
 
+	// Mappings lists every memory mapping in Process.Mappings. False
+	// keeps only the mappings a verdict or an edge rests on (shared,
+	// special, deleted or device mappings); Process.MapSummary still
+	// counts them all.
+	Mappings bool
+
 	// ProcessDetails reads each process's cmdline, exe and cgroups and
 	// all its namespaces. False reads only the ipc, mnt, net and pid
 	// namespaces, which the scan itself needs.
@@ -85,6 +91,7 @@ func DefaultConfig() Config {
 		ProcRoot:         "/proc",
 		Scope:            ScopeTree,
 		MapSizes:         true,
+		Mappings:         true,
 		ProcessDetails:   true,
 		FDInfo:           true,
 		Threads:          true,
@@ -97,11 +104,13 @@ func DefaultConfig() Config {
 // CheckpointConfig is DefaultConfig for a scan inside a checkpoint's freeze
 // window: it keeps everything a verdict depends on (so Preflight finds the
 // same findings) and drops the details that cost most — page-table walks
-// for mapping sizes, fdinfo reads, per-thread stats, command lines,
-// cgroups and the namespaces no verdict uses.
+// for mapping sizes, the list of private mappings, fdinfo reads,
+// per-thread stats, command lines, cgroups and the namespaces no verdict
+// uses.
 func CheckpointConfig() Config {
 	cfg := DefaultConfig()
 	cfg.MapSizes = false
+	cfg.Mappings = false
 	cfg.ProcessDetails = false
 	cfg.FDInfo = false
 	cfg.Threads = false

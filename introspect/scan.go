@@ -543,14 +543,18 @@ func (s *scanner) readMappings(dfd int, p *Process, unreadable func(string, erro
 	if s.cfg.MapSizes {
 		lines /= 20 // an smaps entry is over 20 lines
 	}
-	p.Mappings = make([]Mapping, 0, lines+1)
+	if s.cfg.Mappings {
+		p.Mappings = make([]Mapping, 0, lines+1)
+	}
 	perr := parseMaps(b, s.sc.intern, func(m *Mapping) {
 		mm := *m
 		pss += mm.PSS
 		if id := s.mappingResource(p.PID, &mm); id != "" {
 			mm.Resource = id
 		}
-		p.Mappings = append(p.Mappings, mm)
+		if s.cfg.Mappings || keepMapping(&mm) {
+			p.Mappings = append(p.Mappings, mm)
+		}
 		sum := sums[mm.Kind]
 		if sum == nil {
 			sum = &MapSummary{Kind: mm.Kind}
@@ -571,6 +575,19 @@ func (s *scanner) readMappings(dfd int, p *Process, unreadable func(string, erro
 		p.MapSummary = append(p.MapSummary, *sum)
 	}
 	sort.Slice(p.MapSummary, func(i, j int) bool { return p.MapSummary[i].Kind < p.MapSummary[j].Kind })
+}
+
+// keepMapping reports whether a mapping matters to a verdict or an edge:
+// one backed by a shared resource, a kernel special mapping, a deleted
+// file or a device.
+func keepMapping(m *Mapping) bool {
+	switch {
+	case m.Resource != "", m.Kind == MapSpecial:
+		return true
+	case m.Kind == MapFilePrivate:
+		return strings.HasSuffix(m.Path, deletedSuffix) || strings.HasPrefix(m.Path, "/dev/")
+	}
+	return false
 }
 
 // mappingResource creates (or finds) the node of the shared resource

@@ -326,25 +326,37 @@ func parseUnixDiagMsg(msg []byte, nsIno uint64) *diagSock {
 		Inode: uint64(ne.Uint32(msg[4:])), Family: "unix", Type: sockTypeName(msg[1]),
 		State: stateName(KindUnix, msg[2]), NetNS: nsIno, Diag: true,
 	}}
-	attrs, err := nl.ParseRouteAttr(msg[sizeofUnixDiagMs:])
-	if err != nil {
-		return d
-	}
-	for _, a := range attrs {
-		switch a.Attr.Type {
+	forEachAttr(msg[sizeofUnixDiagMs:], func(typ uint16, val []byte) {
+		switch typ {
 		case unixDiagName:
-			d.info.Local = unixName(string(a.Value))
+			d.info.Local = unixName(string(val))
 		case unixDiagPeer:
-			if len(a.Value) >= 4 {
-				d.info.PeerInode = uint64(ne.Uint32(a.Value))
+			if len(val) >= 4 {
+				d.info.PeerInode = uint64(ne.Uint32(val))
 			}
 		case unixDiagRqlen:
-			if len(a.Value) >= 8 {
-				d.info.RecvQueue, d.info.SendQueue = ne.Uint32(a.Value), ne.Uint32(a.Value[4:])
+			if len(val) >= 8 {
+				d.info.RecvQueue, d.info.SendQueue = ne.Uint32(val), ne.Uint32(val[4:])
 			}
 		}
-	}
+	})
 	return d
+}
+
+// forEachAttr walks netlink attributes (struct rtattr) in place.
+func forEachAttr(b []byte, fn func(typ uint16, val []byte)) {
+	ne := binary.NativeEndian
+	for len(b) >= 4 {
+		l := int(ne.Uint16(b[0:]))
+		if l < 4 || l > len(b) {
+			return
+		}
+		fn(ne.Uint16(b[2:]), b[4:l])
+		b = b[nlmsgAlign(l):]
+		if len(b) == 0 {
+			return
+		}
+	}
 }
 
 // sockProtoName asks the kernel for the protocol name of the socket behind
