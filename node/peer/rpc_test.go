@@ -312,7 +312,7 @@ func rawClientTrustingAll(t *testing.T, addr string, key Key) net.Conn {
 func TestGarbageFromPeer(t *testing.T) {
 	checkGoroutines(t)
 	key := mustKey(t)
-	a := newNode(t, "127.0.0.11", "a", key, func(c *Config) { c.HandshakeTimeout = 2 * time.Second })
+	a := newNode(t, "127.0.0.11", "a", key, func(c *Config) { c.HandshakeTimeout = 300 * time.Millisecond })
 	b := newNode(t, "127.0.0.12", "b", key, nil)
 	a.Handle("echo", echoHandler)
 

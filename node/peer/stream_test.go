@@ -263,7 +263,7 @@ func TestStreamPeerStops(t *testing.T) {
 	select {
 	case b := <-got:
 		t.Fatalf("quiet stream ended early: %s", b)
-	case <-time.After(4 * idle):
+	case <-time.After(3 * idle):
 	}
 	s.Write([]byte("late"))
 	s.CloseWrite()
