@@ -26,6 +26,9 @@ func TestExportImport(t *testing.T) {
 
 	_, err = d.client.Import(ctxT(t), api.ImportRequest{Path: "/tmp/a.dpl"})
 	wantAPIError(t, err, api.CodeConflict, api.ErrConflict, `app "a" exists`)
+	if err := d.client.Stop(ctxT(t), "a"); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.client.Remove(ctxT(t), "a"); err != nil {
 		t.Fatal(err)
 	}
