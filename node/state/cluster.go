@@ -309,8 +309,8 @@ func (c *Cluster) Apply(ctx context.Context, cmd Command) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.raft.State() != raft.Leader {
-		return nil, c.notLeader(nil)
+	if err := c.leaderCheck(); err != nil {
+		return nil, err
 	}
 	f := c.raft.Apply(data, timeoutOf(ctx))
 	if err := c.wait(ctx, f); err != nil {
@@ -327,8 +327,8 @@ func (c *Cluster) Apply(ctx context.Context, cmd Command) (any, error) {
 // node's state. A new leader calls it before deciding from State. Leader
 // only.
 func (c *Cluster) Barrier(ctx context.Context) error {
-	if c.raft.State() != raft.Leader {
-		return c.notLeader(nil)
+	if err := c.leaderCheck(); err != nil {
+		return err
 	}
 	if err := c.wait(ctx, c.raft.Barrier(timeoutOf(ctx))); err != nil {
 		return fmt.Errorf("barrier: %w", err)
@@ -367,6 +367,18 @@ func (c *Cluster) wait(ctx context.Context, f raft.Future) error {
 		return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 	}
 	return err
+}
+
+// leaderCheck returns nil on the leader, ErrShutdown after Shutdown, else
+// a *NotLeaderError.
+func (c *Cluster) leaderCheck() error {
+	switch c.raft.State() {
+	case raft.Leader:
+		return nil
+	case raft.Shutdown:
+		return ErrShutdown
+	}
+	return c.notLeader(nil)
 }
 
 func (c *Cluster) notLeader(cause error) *NotLeaderError {
@@ -458,8 +470,8 @@ func (c *Cluster) RemoveServer(ctx context.Context, name string) error {
 	if !ValidNodeName(name) {
 		return fmt.Errorf("remove server: %w: %q is not a valid node name", ErrBadCommand, name)
 	}
-	if c.raft.State() != raft.Leader {
-		return c.notLeader(nil)
+	if err := c.leaderCheck(); err != nil {
+		return err
 	}
 	if err := c.wait(ctx, c.raft.RemoveServer(raft.ServerID(name), 0, timeoutOf(ctx))); err != nil {
 		return fmt.Errorf("remove server %s: %w", name, err)
@@ -475,8 +487,8 @@ func (c *Cluster) changeServer(ctx context.Context, what, name, addr string,
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return fmt.Errorf("%s %s: %w: address %q: %w", what, name, ErrBadCommand, addr, err)
 	}
-	if c.raft.State() != raft.Leader {
-		return c.notLeader(nil)
+	if err := c.leaderCheck(); err != nil {
+		return err
 	}
 	if err := c.wait(ctx, do(raft.ServerID(name), raft.ServerAddress(addr), timeoutOf(ctx))); err != nil {
 		return fmt.Errorf("%s %s at %s: %w", what, name, addr, err)

@@ -312,7 +312,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if err := r.Shutdown(); err != nil {
 		t.Fatalf("second shutdown: %v", err)
 	}
-	if _, err := r.Apply(ctx, ack("web", "b", 1, 11)); !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrShutdown) {
+	if _, err := r.Apply(ctx, ack("web", "b", 1, 11)); !errors.Is(err, ErrShutdown) {
 		t.Fatalf("apply after shutdown: %v", err)
 	}
 }
