@@ -285,7 +285,7 @@ func Open(cfg Config) (*Cluster, error) {
 	return c, nil
 }
 
-// Name is this node's name; Addr its advertised raft address.
+// Name is this node's name, its raft server ID.
 func (c *Cluster) Name() string { return c.cfg.NodeName }
 
 // Addr is the raft address other nodes use to reach this node.
