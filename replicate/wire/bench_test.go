@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"doppel/replicate/store"
 	"doppel/replicate/store/storetest"
 )
@@ -51,6 +53,7 @@ func benchTransfer(b *testing.B, o *op, conns func(testing.TB) (net.Conn, net.Co
 			}
 		}
 		a, c := conns(b)
+		unix.Sync() // setup's writeback must not compete with the transfer
 		b.StartTimer()
 		st, r := transfer(b, o.st, o.app, n, sb, a, c)
 		b.StopTimer()
