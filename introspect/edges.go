@@ -41,7 +41,7 @@ func holderPIDs(hs []Holder) []int {
 	if len(hs) == 1 {
 		return []int{hs[0].PID}
 	}
-	var out []int
+	out := make([]int, 0, 2)
 	for _, h := range hs {
 		if !slices.Contains(out, h.PID) {
 			out = append(out, h.PID)
@@ -119,8 +119,13 @@ func (s *scanner) buildEdges() {
 
 	for _, n := range s.nodes {
 		// Who holds it, and who writes it.
-		for _, pid := range holderPIDs(n.Holders) {
+		if len(n.Holders) == 1 {
+			pid := n.Holders[0].PID
 			es.addUnique(Edge{From: s.pid(pid), To: n.ID, Kind: EdgeHolds, Reason: fdList(n.Holders, pid)})
+		} else {
+			for _, pid := range holderPIDs(n.Holders) {
+				es.addUnique(Edge{From: s.pid(pid), To: n.ID, Kind: EdgeHolds, Reason: fdList(n.Holders, pid)})
+			}
 		}
 		if (n.Kind == KindFile || n.Kind == KindPosixShm) && n.File != nil {
 			for _, h := range n.Holders {
@@ -227,7 +232,7 @@ func (s *scanner) buildEdges() {
 
 		// Sockets held by several processes (inherited listeners, for
 		// instance): a star from the lowest pid.
-		if n.Socket != nil {
+		if n.Socket != nil && len(n.Holders) > 1 {
 			if pids := holderPIDs(n.Holders); len(pids) > 1 {
 				for _, other := range pids[1:] {
 					es.add(Edge{From: s.pid(pids[0]), To: s.pid(other), Kind: EdgeShares, Via: n.ID, Reason: "both hold " + n.Label})

@@ -15,6 +15,20 @@ import (
 // (shared by all descriptors of the same path) and the open mode, from
 // fdinfo (with the offset) when Config.FDInfo is set.
 
+// devName returns devString(dev), cached: a tree's files sit on a few
+// devices.
+func (sc *Scanner) devName(dev uint64) string {
+	if s, ok := sc.devs[dev]; ok {
+		return s
+	}
+	if sc.devs == nil || len(sc.devs) > 1024 {
+		sc.devs = make(map[uint64]string, 16)
+	}
+	s := devString(dev)
+	sc.devs[dev] = s
+	return s
+}
+
 // fdName returns the decimal name of fd, cached for small numbers.
 func (sc *Scanner) fdName(fd int) string {
 	if fd < 0 || fd >= 1<<16 {
@@ -198,7 +212,9 @@ type fileStat struct {
 // statPath stats the file behind descriptor name, reusing the result for
 // the same path in the same mount namespace within one scan (a /dev/null
 // or a log file open in every process is stat'ed once). path is only read.
-func (c *fdCtx) statPath(name string, path []byte, deleted bool) (fileStat, error) {
+//
+// When it stores path as a string, it returns the string in *ps for reuse.
+func (c *fdCtx) statPath(name string, path []byte, deleted bool, ps *string) (fileStat, error) {
 	mntns := c.p.Namespaces["mnt"]
 	byPath := c.s.stats[mntns]
 	if !deleted && byPath != nil {
@@ -216,7 +232,8 @@ func (c *fdCtx) statPath(name string, path []byte, deleted bool) (fileStat, erro
 			byPath = make(map[string]fileStat, 64)
 			c.s.stats[mntns] = byPath
 		}
-		byPath[string(path)] = fs
+		*ps = string(path)
+		byPath[*ps] = fs
 	}
 	return fs, nil
 }
@@ -230,7 +247,8 @@ func (c *fdCtx) path(h Holder, name string, link []byte) {
 	path := bytes.TrimSuffix(link, deletedSuffixBytes)
 	deleted := len(path) != len(link)
 	typ := "unknown"
-	st, err := c.statPath(name, path, deleted)
+	var pathStr string
+	st, err := c.statPath(name, path, deleted, &pathStr)
 	if err != nil {
 		if isGone(err) {
 			return // closed meanwhile
@@ -288,9 +306,11 @@ func (c *fdCtx) path(h Holder, name string, link []byte) {
 		// Most paths: look the node up without building strings.
 		n = s.files[string(path)]
 		if n == nil {
-			p := string(path)
-			n = s.node("file:"+p, kind, p)
-			s.files[p] = n
+			if pathStr == "" {
+				pathStr = string(path)
+			}
+			n = s.node("file:"+pathStr, kind, pathStr)
+			s.files[pathStr] = n
 		}
 	} else {
 		n = s.node(id, kind, label)
@@ -304,10 +324,10 @@ func (c *fdCtx) path(h Holder, name string, link []byte) {
 		if err == nil {
 			fi.Mode = st.mode & 07777
 			fi.Size = st.size
-			fi.Dev = devString(st.dev)
+			fi.Dev = s.sc.devName(st.dev)
 			fi.Inode = st.ino
 			if typ == "chr" || typ == "blk" {
-				fi.Rdev = devString(st.rdev)
+				fi.Rdev = s.sc.devName(st.rdev)
 			}
 		}
 		n.File = fi

@@ -39,8 +39,9 @@ type Scanner struct {
 	nsPaths []string
 	// strs interns the strings that repeat across mappings and scans.
 	strs      map[string]string
-	dbuf      []byte // sock_diag receive buffer
-	lastNodes int    // nodes of the last scan, to size the next one
+	dbuf      []byte            // sock_diag receive buffer
+	devs      map[uint64]string // devString results
+	lastNodes int               // nodes of the last scan, to size the next one
 	// lastThreads is the number of threads the last scan found; it picks
 	// the cheaper way to discover the next tree.
 	lastThreads int
@@ -768,24 +769,26 @@ func (s *scanner) resolveSockets() {
 }
 
 func socketLabel(kind NodeKind, si *SocketInfo) string {
-	var b strings.Builder
-	b.WriteString(string(kind))
+	var buf [128]byte
+	b := append(buf[:0], kind...)
 	if si.Type != "" && kind == KindUnix {
-		b.WriteString(" " + si.Type)
+		b = append(append(b, ' '), si.Type...)
 	}
 	if si.State != "" {
-		b.WriteString(" " + si.State)
+		b = append(append(b, ' '), si.State...)
 	}
 	if si.Local != "" {
-		b.WriteString(" " + si.Local)
+		b = append(append(b, ' '), si.Local...)
 	}
 	if si.Remote != "" {
-		b.WriteString(" -> " + si.Remote)
+		b = append(append(b, " -> "...), si.Remote...)
 	}
 	if !si.Diag {
-		b.WriteString(" socket:[" + strconv.FormatUint(si.Inode, 10) + "]")
+		b = append(b, " socket:["...)
+		b = strconv.AppendUint(b, si.Inode, 10)
+		b = append(b, ']')
 	}
-	return b.String()
+	return string(b)
 }
 
 // resolveSysV reads the SysV IPC objects of the tree's IPC namespaces and
