@@ -154,11 +154,9 @@ func (rc *rpcConn) close() {
 
 // roundTrip writes one request and reads its response.
 func (rc *rpcConn) roundTrip(ctx context.Context, msg []byte) ([]byte, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		rc.raw.SetDeadline(dl)
-	} else {
-		rc.raw.SetDeadline(time.Time{})
-	}
+	// Only ctx ends the wait, so that an expired ctx is always reported
+	// as ctx.Err() rather than as a connection timeout.
+	rc.raw.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { rc.raw.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	if err := writeFrame(rc.c, frameRequest, msg); err != nil {

@@ -374,8 +374,6 @@ func (t *Transport) dial(ctx context.Context, addr string, h hello) (*tls.Conn, 
 	if err := c.HandshakeContext(hctx); err != nil {
 		return fail(fmt.Errorf("peer: TLS handshake with %s: %w", addr, ctxErr(hctx, err)))
 	}
-	dl, _ := hctx.Deadline()
-	raw.SetDeadline(dl)
 	stop := context.AfterFunc(hctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
 	h.V = ProtoVersion
 	h.From = t.cfg.NodeName
