@@ -1,12 +1,12 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,69 +14,116 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"doppel/node/api"
 	"doppel/replicate"
-	"doppel/replicate/criu"
-	"doppel/replicate/store"
 )
 
-// engine opens the replicate engine on this node's state directory.
-func (a *app) engine() (*replicate.Engine, error) {
-	cfg := replicate.DefaultConfig()
-	cfg.StateDir = a.cfg.Node.StateDir
-	cfg.CRIU.Path = a.cfg.CRIU.Path
-	cfg.CRIU.Prefix = a.cfg.CRIU.Prefix
-	cfg.Store.Retention = a.cfg.Checkpoint.Retention
-	if err := criu.SetChildSubreaper(); err != nil {
-		a.log.Warn("cannot become a child subreaper", "err", err)
+// socket is the local daemon's API socket: --socket, DOPPEL_SOCKET, then
+// config api.socket.
+func (a *app) socket(cmd *cobra.Command) string {
+	if f := cmd.Flags().Lookup("socket"); f != nil && f.Changed {
+		return f.Value.String()
 	}
-	return replicate.New(cfg, a.log)
+	if s := os.Getenv("DOPPEL_SOCKET"); s != "" {
+		return s
+	}
+	return a.cfg.API.Socket
+}
+
+// client talks to the local daemon.
+func (a *app) client(cmd *cobra.Command) *api.Client {
+	return api.NewClient(a.socket(cmd))
 }
 
 func newRunCmd(a *app) *cobra.Command {
 	var data []string
 	var dir string
+	var replicas int
+	var interval time.Duration
+	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "run NAME [--data PATH]... -- CMD [ARGS...]",
-		Short: "Start an application under doppel, in its own PID namespace",
-		Long: "Starts CMD as the child of a small init in a new PID namespace, in a freezer cgroup of its own, " +
-			"with stdout and stderr in the app's log files under the state directory. --data names files or " +
-			"directories the app writes whose contents travel with every epoch.",
+		Use:   "run NAME [--replicas N] [--interval D] [--data PATH]... -- CMD [ARGS...]",
+		Short: "Start an application under doppel and replicate it to N clones",
+		Long: "Submits the app to the cluster: it runs on this node (unless this node cannot host apps) as the child of a " +
+			"small init in a new PID namespace, and is checkpointed every interval to N clones on other nodes. " +
+			"--data names files or directories the app writes whose contents travel with every epoch.",
 		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usageError{fmt.Errorf("run needs a NAME and a command: doppel run NAME -- CMD ARGS")}
+			if len(args) == 0 || cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
+				return usageError{fmt.Errorf("run needs one NAME before -- and a command after it: doppel run NAME -- CMD ARGS")}
 			}
-			if cmd.ArgsLenAtDash() != 1 || len(args) < 2 {
-				return usageError{fmt.Errorf("run needs exactly one NAME before -- and a command after it: doppel run NAME -- CMD ARGS")}
-			}
-			return replicateName(args[0])
+			return checkName(args[0])
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := a.engine()
+			if dir == "" {
+				wd, err := os.Getwd()
+				if err != nil {
+					return err
+				}
+				dir = wd
+			}
+			abs := make([]string, 0, len(data))
+			for _, p := range data {
+				ap, err := filepath.Abs(p)
+				if err != nil {
+					return err
+				}
+				abs = append(abs, ap)
+			}
+			dirAbs, err := filepath.Abs(dir)
 			if err != nil {
 				return err
 			}
-			defer e.Close()
-			if dir == "" {
-				if dir, err = os.Getwd(); err != nil {
-					return err
-				}
-			}
-			st, err := e.Run(cmd.Context(), replicate.Spec{
-				Name: args[0], Args: args[1:], Dir: dir, Env: os.Environ(), DataPaths: data,
+			c := a.client(cmd)
+			info, err := c.Run(cmd.Context(), api.RunRequest{
+				Name: args[0], Args: args[1:], Dir: dirAbs, Env: os.Environ(), DataPaths: abs,
+				Replicas: replicas, Interval: api.Duration(interval),
 			})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s running as pid %d (logs: %s)\n", st.Spec.Name, st.Pid, filepath.Dir(st.Stdout))
+			if wait > 0 {
+				if info, err = waitState(cmd.Context(), c, info.Name, wait, api.AppRunning); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s on %s (term %d, %d clone(s) wanted, interval %s)\n",
+				info.Name, info.State, info.OP, info.Term, replicas, time.Duration(info.Interval))
 			return nil
 		},
 	}
-	cmd.Flags().StringArrayVar(&data, "data", nil, "file or directory the app writes, replicated with every epoch (repeatable)")
-	cmd.Flags().StringVar(&dir, "dir", "", "working directory (default: the current one)")
+	f := cmd.Flags()
+	f.StringArrayVar(&data, "data", nil, "file or directory the app writes, replicated with every epoch (repeatable)")
+	f.StringVar(&dir, "dir", "", "working directory (default: the current one)")
+	f.IntVar(&replicas, "replicas", 1, "number of clones on other nodes")
+	f.DurationVar(&interval, "interval", 0, "time between epochs (default: checkpoint.interval)")
+	f.DurationVar(&wait, "wait", 30*time.Second, "wait this long for the app to run (0: return at once)")
 	return cmd
 }
 
-func replicateName(name string) error {
+// waitState polls the app until it reaches one of the states.
+func waitState(ctx context.Context, c *api.Client, name string, timeout time.Duration, states ...string) (api.AppInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last api.AppInfo
+	for {
+		d, err := c.App(ctx, name)
+		if err == nil {
+			last = d.AppInfo
+			for _, s := range states {
+				if last.State == s {
+					return last, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return last, fmt.Errorf("%s is %s after %s (see doppel ls and the daemon's log)", name, last.State, timeout)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func checkName(name string) error {
 	if err := replicate.ValidName(name); err != nil {
 		return usageError{err}
 	}
@@ -87,7 +134,7 @@ func nameArg(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 {
 		return usageError{fmt.Errorf("%s needs exactly one app NAME (see doppel ls)", cmd.Name())}
 	}
-	return replicateName(args[0])
+	return checkName(args[0])
 }
 
 func newCheckpointCmd(a *app) *cobra.Command {
@@ -96,70 +143,70 @@ func newCheckpointCmd(a *app) *cobra.Command {
 		Short: "Take an epoch of a running application now",
 		Args:  nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := a.engine()
+			e, err := a.client(cmd).Checkpoint(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			defer e.Close()
-			var obs replicate.Observer
-			if a.cfg.Log.Level == "debug" {
-				obs = func(ev replicate.Event) { a.log.Debug("phase", "app", ev.App, "epoch", ev.Epoch, "phase", ev.Phase, "end", ev.End, "took", ev.Duration) }
-			}
-			ep, err := e.Checkpoint(cmd.Context(), args[0], replicate.CheckpointOptions{Observer: obs})
-			if err != nil {
-				return err
-			}
-			m := ep.Manifest
-			fmt.Fprintf(cmd.OutOrStdout(), "%s epoch %d: PSB %s RM %s SRM %s PRM %s (frozen %s), %d pages changed of %d, %s stored\n",
-				m.App, m.Epoch, ms(m.Phases.PSB), ms(m.Phases.RM), ms(m.Phases.SRM), ms(m.Phases.PRM),
-				ms(time.Duration(m.CRIUStats["frozen_time"])*time.Microsecond),
-				m.Pages.Changed, m.Pages.Scanned, humanBytes(m.Bytes.Stored))
+			p := e.Phases
+			fmt.Fprintf(cmd.OutOrStdout(), "%s epoch %d: PSB %.1fms RM %.1fms SRM %.1fms PRM %.1fms (frozen %.1fms), %d pages changed of %d, %s stored\n",
+				e.App, e.Epoch, p.PSB, p.RM, p.SRM, p.PRM, p.Frozen, e.PagesChanged, e.PagesScanned, humanBytes(e.BytesStored))
 			return nil
 		},
 	}
 }
 
 func newRestoreCmd(a *app) *cobra.Command {
-	var epoch uint64
 	var force bool
+	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "restore NAME [--epoch N]",
-		Short: "Restore a stopped application from an epoch (default: the newest)",
+		Use:   "restore NAME",
+		Short: "Restore a stopped application on this node from the newest epoch it holds",
 		Args:  nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := a.engine()
+			c := a.client(cmd)
+			info, err := c.Restore(cmd.Context(), args[0], 0, force)
 			if err != nil {
 				return err
 			}
-			defer e.Close()
-			st, ep, err := e.Restore(cmd.Context(), args[0], replicate.RestoreOptions{Epoch: epoch, Force: force})
-			if err != nil {
-				return err
+			if wait > 0 {
+				if info, err = waitState(cmd.Context(), c, info.Name, wait, api.AppRunning); err != nil {
+					return err
+				}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s restored from epoch %d as pid %d\n", st.Spec.Name, ep.Manifest.Epoch, st.Pid)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s on %s (term %d, epoch %d)\n", info.Name, info.State, info.OP, info.Term, info.NewestEpoch)
 			return nil
 		},
 	}
-	cmd.Flags().Uint64Var(&epoch, "epoch", 0, "epoch to restore (default: the newest)")
-	cmd.Flags().BoolVar(&force, "force", false, "restore even if the epoch was taken with another CRIU version or kernel")
+	cmd.Flags().BoolVar(&force, "force", false, "restore here even if the cluster says the app runs elsewhere")
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "wait this long for the app to run (0: return at once)")
 	return cmd
 }
 
 func newStopCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "stop NAME",
-		Short: "Kill an application's whole process tree (its epochs are kept)",
+		Short: "Stop an application everywhere; its epochs stay on the nodes that hold them",
 		Args:  nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := a.engine()
-			if err != nil {
-				return err
-			}
-			defer e.Close()
-			if err := e.Stop(cmd.Context(), args[0]); err != nil {
+			if err := a.client(cmd).Stop(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s stopped\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newRmCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove an application from the cluster (stop it first)",
+		Args:  nameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.client(cmd).Remove(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s removed\n", args[0])
 			return nil
 		},
 	}
@@ -169,55 +216,46 @@ func newLsCmd(a *app) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "ls",
-		Short: "List the applications on this node",
+		Short: "List the applications of the cluster with their clones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := a.engine()
+			apps, err := a.client(cmd).Apps(cmd.Context())
 			if err != nil {
 				return err
-			}
-			defer e.Close()
-			apps, err := e.Apps()
-			if err != nil {
-				return err
-			}
-			type row struct {
-				Name    string   `json:"name"`
-				State   string   `json:"state"`
-				Pid     int      `json:"pid"`
-				Term    uint64   `json:"term"`
-				Epochs  int      `json:"epochs"`
-				Newest  uint64   `json:"newest_epoch"`
-				Command []string `json:"command"`
-			}
-			rows := []row{}
-			for _, st := range apps {
-				r := row{Name: st.Spec.Name, State: "stopped", Term: st.Term, Command: st.Spec.Args}
-				if st.Running() {
-					r.State, r.Pid = "running", st.Pid
-				}
-				if ms, err := e.Epochs(st.Spec.Name); err == nil && len(ms) > 0 {
-					r.Epochs, r.Newest = len(ms), ms[len(ms)-1].Epoch
-				}
-				rows = append(rows, r)
 			}
 			if output == "json" {
-				return writeJSON(cmd.OutOrStdout(), rows)
+				return writeJSON(cmd.OutOrStdout(), apps)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tPID\tTERM\tEPOCHS\tNEWEST\tCOMMAND")
-			for _, r := range rows {
-				pid := "-"
-				if r.Pid > 0 {
-					pid = strconv.Itoa(r.Pid)
+			fmt.Fprintln(tw, "NAME\tSTATE\tOP\tTERM\tEPOCH\tAGE\tCLONES\tCOMMAND")
+			for _, ai := range apps {
+				var clones []string
+				for _, c := range ai.Clones {
+					s := fmt.Sprintf("%s:%s", c.Node, c.State)
+					if c.LagEpochs > 1 {
+						s += fmt.Sprintf("(-%d)", c.LagEpochs)
+					}
+					clones = append(clones, s)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.State, pid, r.Term, r.Epochs, r.Newest, strings.Join(r.Command, " "))
+				age := "-"
+				if ai.NewestEpoch > 0 {
+					age = (time.Duration(ai.NewestEpochAge * float64(time.Second))).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", ai.Name, ai.State, dash(ai.OP), ai.Term,
+					ai.NewestEpoch, age, dash(strings.Join(clones, " ")), strings.Join(ai.Args, " "))
 			}
 			return tw.Flush()
 		},
 	}
 	addOutputFlag(cmd, &output)
 	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newEpochsCmd(a *app) *cobra.Command {
@@ -227,33 +265,21 @@ func newEpochsCmd(a *app) *cobra.Command {
 		Short: "List an application's epochs with their phase times and sizes",
 		Args:  nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := a.engine()
-			if err != nil {
-				return err
-			}
-			defer e.Close()
-			if _, err := e.App(args[0]); err != nil {
-				return err
-			}
-			ms, err := e.Epochs(args[0])
+			eps, err := a.client(cmd).Epochs(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			if output == "json" {
-				if ms == nil {
-					ms = []store.Manifest{}
-				}
-				return writeJSON(cmd.OutOrStdout(), ms)
+				return writeJSON(cmd.OutOrStdout(), eps)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintln(tw, "EPOCH\tPARENT\tAGE\tPSB ms\tRM ms\tSRM ms\tPRM ms\tFROZEN ms\tPAGES\tCHANGED\tDATA BLOCKS\tSTORED\t")
 			now := time.Now()
-			for _, m := range ms {
+			for _, e := range eps {
+				p := e.Phases
 				fmt.Fprintf(tw, "%d\t%d\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%d\t%d\t%s\t\n",
-					m.Epoch, m.Parent, now.Sub(m.Created).Round(time.Second),
-					msf(m.Phases.PSB), msf(m.Phases.RM), msf(m.Phases.SRM), msf(m.Phases.PRM),
-					float64(m.CRIUStats["frozen_time"])/1000,
-					m.Pages.Scanned, m.Pages.Changed, m.Data.BlocksChanged, humanBytes(m.Bytes.Stored))
+					e.Epoch, e.Parent, now.Sub(e.Created).Round(time.Second), p.PSB, p.RM, p.SRM, p.PRM, p.Frozen,
+					e.PagesScanned, e.PagesChanged, e.DataBlocksChanged, humanBytes(e.BytesStored))
 			}
 			return tw.Flush()
 		},
@@ -267,41 +293,25 @@ func newExportCmd(a *app) *cobra.Command {
 	var epoch uint64
 	cmd := &cobra.Command{
 		Use:   "export NAME -o FILE",
-		Short: "Write an application's epoch (default: the newest) to one portable archive",
+		Short: "Hibernate an application: write its newest epoch (or --epoch N) to one portable archive",
 		Args:  nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if out == "" {
 				return usageError{fmt.Errorf("export needs -o FILE (the archive to write)")}
 			}
-			e, err := a.engine()
+			path, err := filepath.Abs(out)
 			if err != nil {
 				return err
 			}
-			defer e.Close()
-			tmp := out + ".partial"
-			f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			c := a.client(cmd)
+			stop := showProgress(cmd, c, args[0], "export")
+			res, err := c.Export(cmd.Context(), args[0], api.ExportRequest{Path: path, Epoch: epoch})
+			stop()
 			if err != nil {
 				return err
 			}
-			defer os.Remove(tmp)
-			bar := newProgressBar(cmd.ErrOrStderr(), "export")
-			h, err := e.Export(cmd.Context(), args[0], epoch, f, bar.update)
-			bar.done()
-			if err == nil {
-				err = f.Sync()
-			}
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return err
-			}
-			if err := os.Rename(tmp, out); err != nil {
-				return err
-			}
-			fi, _ := os.Stat(out)
 			fmt.Fprintf(cmd.OutOrStdout(), "%s epoch %d exported to %s (%s, %s before compression)\n",
-				args[0], h.Epoch, out, humanBytes(fi.Size()), humanBytes(h.Bytes))
+				res.App, res.Epoch, res.Path, humanBytes(res.Bytes), humanBytes(res.RawBytes))
 			return nil
 		},
 	}
@@ -311,10 +321,10 @@ func newExportCmd(a *app) *cobra.Command {
 }
 
 func newImportCmd(a *app) *cobra.Command {
-	var start, force bool
+	var start bool
 	cmd := &cobra.Command{
 		Use:   "import FILE [--start]",
-		Short: "Register an application from an archive; --start restores it at once",
+		Short: "Register an application from an archive; --start resumes it on this node",
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageError{fmt.Errorf("import needs exactly one archive FILE")}
@@ -322,36 +332,155 @@ func newImportCmd(a *app) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := os.Open(args[0])
+			path, err := filepath.Abs(args[0])
 			if err != nil {
 				return err
 			}
-			defer f.Close()
-			e, err := a.engine()
+			if _, err := os.Stat(path); err != nil {
+				return err
+			}
+			c := a.client(cmd)
+			stop := showProgress(cmd, c, "", "import")
+			res, err := c.Import(cmd.Context(), api.ImportRequest{Path: path, Start: start})
+			stop()
 			if err != nil {
 				return err
 			}
-			defer e.Close()
-			bar := newProgressBar(cmd.ErrOrStderr(), "import")
-			st, ep, err := e.Import(cmd.Context(), f, replicate.ImportOptions{Progress: bar.update})
-			bar.done()
-			if err != nil {
-				return err
+			state := "registered (stopped; doppel restore " + res.App + " resumes it)"
+			if res.Started {
+				state = "resuming on this node"
+				if info, err := waitState(cmd.Context(), c, res.App, 30*time.Second, api.AppRunning); err == nil {
+					state = fmt.Sprintf("running on %s", info.OP)
+				} else {
+					return err
+				}
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s epoch %d imported\n", st.Spec.Name, ep.Manifest.Epoch)
-			if !start {
-				return nil
-			}
-			st, _, err = e.Restore(cmd.Context(), st.Spec.Name, replicate.RestoreOptions{Force: force})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s running as pid %d\n", st.Spec.Name, st.Pid)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s epoch %d imported, %s\n", res.App, res.Epoch, state)
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&start, "start", false, "restore the application right after the import")
-	cmd.Flags().BoolVar(&force, "force", false, "with --start: restore even if CRIU version or kernel differ")
+	cmd.Flags().BoolVar(&start, "start", false, "resume the application on this node right after the import")
+	return cmd
+}
+
+// showProgress draws an export's or import's progress from the daemon's
+// events on a terminal; the returned function stops it.
+func showProgress(cmd *cobra.Command, c *api.Client, app, op string) func() {
+	bar := newProgressBar(cmd.ErrOrStderr(), op)
+	if !bar.tty {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(cmd.Context())
+	w, err := c.Events(ctx)
+	if err != nil {
+		cancel()
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ev, err := w.Next()
+			if err != nil {
+				return
+			}
+			if ev.Kind != api.KindApp || ev.Fields["op"] != op || (app != "" && ev.App != app) {
+				continue
+			}
+			d, _ := ev.Fields["done"].(float64)
+			t, _ := ev.Fields["total"].(float64)
+			bar.update(int64(d), int64(t))
+		}
+	}()
+	return func() {
+		cancel()
+		w.Close()
+		<-done
+		bar.done()
+	}
+}
+
+func newStatusCmd(a *app) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show this node's view of the cluster: leader, quorum, nodes and apps",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := a.client(cmd)
+			st, err := c.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			nodes, err := c.Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(cmd.OutOrStdout(), map[string]any{"status": st, "nodes": nodes})
+			}
+			w := cmd.OutOrStdout()
+			q := "yes"
+			if !st.Quorum {
+				q = "NO — " + st.QuorumReason
+			}
+			fmt.Fprintf(w, "node %s (doppel %s), leader %s, quorum %s, %d member(s) alive, %d app(s)\n",
+				st.Node, st.Version, dash(st.Leader), q, st.Members, st.Apps)
+			var drained []string
+			for _, n := range nodes {
+				if n.Drained {
+					drained = append(drained, n.Name)
+				}
+			}
+			if len(drained) > 0 {
+				fmt.Fprintf(w, "drained: %s\n", strings.Join(drained, ", "))
+			}
+			return nil
+		},
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func newNodesCmd(a *app) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "nodes",
+		Short: "List the cluster's nodes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			nodes, err := a.client(cmd).Nodes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(cmd.OutOrStdout(), nodes)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tROLE\tSTATE\tRAFT\tLOAD\tMEM FREE\tAPPS\tCLONES\tADDR")
+			for _, n := range nodes {
+				name := n.Name
+				if n.Self {
+					name += "*"
+				}
+				st := n.State
+				if n.Drained {
+					st += ",drained"
+				}
+				raft := "-"
+				switch {
+				case n.Leader:
+					raft = "leader"
+				case n.Voter:
+					raft = "voter"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\t%s\n", name, n.Role, st, raft, n.Load,
+					humanBytes(int64(n.MemFree)), dash(strings.Join(n.Apps, ",")), dash(strings.Join(n.Clones, ",")), n.Addr)
+			}
+			return tw.Flush()
+		},
+	}
+	addOutputFlag(cmd, &output)
 	return cmd
 }
 
@@ -370,10 +499,6 @@ func writeJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.1fms", msf(d)) }
-
-func msf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func humanBytes(b int64) string {
 	const unit = 1024

@@ -54,6 +54,7 @@ var flagKeys = map[string]string{
 	"state-dir": "node.state_dir",
 	"criu":      "criu.path",
 	"log-level": "log.level",
+	"socket":    "api.socket",
 }
 
 func newRoot(a *app) *cobra.Command {
@@ -65,7 +66,17 @@ func newRoot(a *app) *cobra.Command {
 		SilenceErrors: true,
 		Version:       buildVersion(),
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := config.Load(a.configPath, cmd.Flags(), flagKeys)
+			keys := flagKeys
+			if cmd.Name() == "node" {
+				keys = map[string]string{}
+				for k, v := range flagKeys {
+					keys[k] = v
+				}
+				for k, v := range nodeFlagKeys {
+					keys[k] = v
+				}
+			}
+			cfg, err := config.Load(a.configPath, cmd.Flags(), keys)
 			if err != nil {
 				return usageError{err}
 			}
@@ -82,10 +93,12 @@ func newRoot(a *app) *cobra.Command {
 	pf.String("state-dir", "", "state directory (config node.state_dir)")
 	pf.String("criu", "", "criu binary (config criu.path)")
 	pf.String("log-level", "", "debug, info, warn or error (config log.level)")
+	pf.String("socket", "", "the local daemon's API socket (env DOPPEL_SOCKET, config api.socket)")
 
-	root.AddCommand(newDoctorCmd(a), newVersionCmd(),
-		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newStopCmd(a),
-		newLsCmd(a), newEpochsCmd(a), newExportCmd(a), newImportCmd(a))
+	root.AddCommand(newDoctorCmd(a), newVersionCmd(), newInitCmd(a), newNodeCmd(a),
+		newStatusCmd(a), newNodesCmd(a), newLsCmd(a),
+		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newStopCmd(a), newRmCmd(a),
+		newEpochsCmd(a), newExportCmd(a), newImportCmd(a))
 	return root
 }
 

@@ -3,14 +3,8 @@ package node
 import (
 	"sync"
 	"time"
-)
 
-// Clone states as the API shows them.
-const (
-	CloneSyncing = "syncing" // no epoch acknowledged yet, or the first one in flight
-	CloneInSync  = "in-sync" // acknowledged the newest epoch (or the one before, while the newest is in flight)
-	CloneLagging = "lagging" // more than one epoch behind, or no acknowledgement for several intervals
-	CloneFailed  = "failed"  // the last transfer failed and nothing was acknowledged since
+	"doppel/node/api"
 )
 
 // cloneHealth tracks, on the OP, how one clone keeps up.
@@ -97,25 +91,16 @@ func (b *healthBook) forget(app string, keep []string) {
 	}
 }
 
-// CloneView is a clone's health as reported.
-type CloneView struct {
-	Node       string
-	State      string
-	AckedEpoch uint64
-	LagEpochs  uint64
-	LagSeconds float64
-	BytesSent  int64
-	LastError  string
-	LastAck    time.Time
-}
-
 // view computes a clone's state against the app's newest epoch (taken at
-// newestAt) and its checkpoint interval.
-func (b *healthBook) view(app, clone string, newest uint64, newestAt time.Time, interval time.Duration, now time.Time) CloneView {
+// newestAt) and its checkpoint interval: syncing until the first
+// acknowledgement; in-sync while at most the newest epoch is in flight and
+// acknowledgements keep coming; lagging beyond that; failed when the last
+// transfer failed and nothing was acknowledged since.
+func (b *healthBook) view(app, clone string, newest uint64, newestAt time.Time, interval time.Duration, now time.Time) api.CloneInfo {
 	b.mu.Lock()
 	h := *b.get(app, clone)
 	b.mu.Unlock()
-	v := CloneView{Node: clone, AckedEpoch: h.Acked, BytesSent: h.BytesSent, LastError: h.LastError, LastAck: h.AckedAt}
+	v := api.CloneInfo{Node: clone, AckedEpoch: h.Acked, BytesSent: h.BytesSent, LastError: h.LastError, LastAck: h.AckedAt}
 	if newest > h.Acked {
 		v.LagEpochs = newest - h.Acked
 	}
@@ -129,13 +114,13 @@ func (b *healthBook) view(app, clone string, newest uint64, newestAt time.Time, 
 	}
 	switch {
 	case h.LastError != "" && h.ErrorAt.After(h.AckedAt):
-		v.State = CloneFailed
+		v.State = api.CloneFailed
 	case h.Acked == 0:
-		v.State = CloneSyncing
+		v.State = api.CloneSyncing
 	case v.LagEpochs <= 1 && now.Sub(h.AckedAt) <= 3*interval+time.Second:
-		v.State = CloneInSync
+		v.State = api.CloneInSync
 	default:
-		v.State = CloneLagging
+		v.State = api.CloneLagging
 	}
 	return v
 }

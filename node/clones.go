@@ -1,0 +1,126 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"doppel/node/api"
+	"doppel/node/peer"
+	"doppel/replicate"
+	"doppel/replicate/wire"
+)
+
+// maxInitSize bounds an init binary received from a peer.
+const maxInitSize = 512 << 20
+
+// pendingInits remembers, per app, where its init binary belongs, between
+// a prepare RPC and the init stream that follows it.
+type pendingInits struct {
+	mu sync.Mutex
+	m  map[string]prepareRequest
+}
+
+func (p *pendingInits) put(r prepareRequest) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]prepareRequest{}
+	}
+	p.m[r.App] = r
+}
+
+func (p *pendingInits) get(app string) (prepareRequest, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.m[app]
+	return r, ok
+}
+
+// memberOf checks that this node holds a clone of app (or is its OP) in the
+// cluster state, so that no peer can make it store arbitrary apps.
+func (n *Node) memberOf(app string) error {
+	a := n.cluster.State().Apps[app]
+	if a == nil {
+		return fmt.Errorf("%w: app %s is not in the cluster state here", api.ErrNotFound, app)
+	}
+	if !a.IsMember(n.cfg.Name) {
+		return fmt.Errorf("%w: %s is not a clone of %s (clones %v)", api.ErrConflict, n.cfg.Name, app, a.Clones)
+	}
+	return nil
+}
+
+// handlePrepare registers the app as held here and says whether its init
+// binary is present.
+func (n *Node) handlePrepare(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+	var req prepareRequest
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return nil, err
+	}
+	if err := n.memberOf(req.App); err != nil {
+		return nil, err
+	}
+	spec := n.cluster.State().Apps[req.App].Spec
+	if st, err := n.engine.App(req.App); err == nil && st.Running() {
+		return nil, fmt.Errorf("%w: %s runs on %s; it cannot be a clone here", api.ErrConflict, req.App, n.cfg.Name)
+	}
+	if _, err := n.engine.Hold(toEngineSpec(spec), req.InitExe, req.InitSum); err != nil {
+		return nil, err
+	}
+	n.inits.put(req)
+	return prepareReply{HasInit: req.InitExe == "" || replicate.HasInit(req.InitExe, req.InitSum)}, nil
+}
+
+// handleInit stores an app's init binary sent by its OP.
+func (n *Node) handleInit(ctx context.Context, s *peer.Stream) {
+	app := s.Hello().App
+	fail := func(err error) {
+		n.log.Warn("init binary refused", "app", app, "peer", s.Peer(), "err", err)
+	}
+	req, ok := n.inits.get(app)
+	if !ok {
+		fail(errors.New("no prepare before the init stream"))
+		return
+	}
+	var hdr [8]byte
+	if _, err := io.ReadFull(s, hdr[:]); err != nil {
+		fail(err)
+		return
+	}
+	size := int64(binary.LittleEndian.Uint64(hdr[:]))
+	if size <= 0 || size > maxInitSize {
+		fail(fmt.Errorf("size %d out of bounds", size))
+		return
+	}
+	if err := n.engine.InstallInit(s, size, req.InitExe, req.InitSum); err != nil {
+		fail(err)
+		return
+	}
+	_, _ = s.Write([]byte{1})
+	_ = s.CloseWrite()
+}
+
+// handleEpoch receives an epoch into this node's store; the wire protocol
+// acknowledges only after it is verified and fsynced.
+func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
+	app := s.Hello().App
+	if err := n.memberOf(app); err != nil {
+		n.log.Warn("epoch stream refused", "app", app, "peer", s.Peer(), "err", err)
+		return
+	}
+	ep, stats, err := wire.Receive(ctx, s, n.engine.Store(), wire.DefaultConfig())
+	if err != nil {
+		n.log.Warn("epoch receive failed", "app", app, "peer", s.Peer(), "err", err)
+		n.publish(api.Event{Kind: api.KindError, App: app, Message: fmt.Sprintf("receive from %s: %v", s.Peer(), err)})
+		return
+	}
+	n.metrics.received(app, stats)
+	n.log.Debug("epoch received", "app", app, "epoch", ep.Manifest.Epoch, "bytes", stats.WireRecv)
+	if _, err := n.engine.Store().GC(ctx); err != nil {
+		n.log.Warn("gc after receive", "app", app, "err", err)
+	}
+}

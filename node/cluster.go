@@ -1,0 +1,407 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"doppel/node/api"
+	"doppel/node/peer"
+	"doppel/node/peer/membership"
+	"doppel/node/state"
+	"doppel/replicate"
+)
+
+// RPC methods between nodes (peer transport).
+const (
+	rpcApply      = "cluster.apply"  // leader: apply a forwarded raft command
+	rpcSubmit     = "cluster.submit" // leader: place a new app
+	rpcCheckpoint = "app.checkpoint" // OP: take an epoch now
+	rpcDetail     = "app.detail"     // OP: app detail with clone health and resource graph
+	rpcPrepare    = "clone.prepare"  // clone: register an app, say whether its init binary is here
+	streamEpoch   = "epoch"          // clone: receive an epoch (replicate/wire)
+	streamInit    = "init"           // clone: receive an app's init binary
+	maxVoters     = 5                // beyond this, nodes join raft as non-voters
+	applyTimeout  = 10 * time.Second // how long a forwarded command may wait for a leader
+	leaderRetry   = 100 * time.Millisecond
+)
+
+// wireCommand carries a raft command over the peer transport (the
+// command's type is not part of its JSON).
+type wireCommand struct {
+	Type state.CmdType `json:"type"`
+	Cmd  state.Command `json:"cmd"`
+}
+
+// apply applies cmd through the raft leader, wherever it is, retrying while
+// a leader is being elected.
+func (n *Node) apply(ctx context.Context, cmd state.Command) error {
+	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+	defer cancel()
+	for {
+		err := n.applyOnce(ctx, cmd)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: no raft leader answered (%v)", api.ErrUnavailable, err)
+		case <-time.After(leaderRetry):
+		}
+	}
+}
+
+func (n *Node) applyOnce(ctx context.Context, cmd state.Command) error {
+	if n.cluster.IsLeader() {
+		_, err := n.cluster.Apply(ctx, cmd)
+		return err
+	}
+	addr, err := n.leaderPeer()
+	if err != nil {
+		return err
+	}
+	return n.peers.Call(ctx, addr, rpcApply, wireCommand{Type: cmd.Type, Cmd: cmd}, nil)
+}
+
+// retryable errors mean "no leader right now": try again shortly.
+func retryable(err error) bool {
+	var rerr *peer.RemoteError
+	if errors.As(err, &rerr) {
+		return rerr.Code == "not_leader"
+	}
+	return errors.Is(err, state.ErrNotLeader) || errors.Is(err, errNoLeader)
+}
+
+var errNoLeader = errors.New("no raft leader known")
+
+// leaderPeer returns the peer address of the raft leader.
+func (n *Node) leaderPeer() (string, error) {
+	name, _ := n.cluster.Leader()
+	if name == "" {
+		return "", errNoLeader
+	}
+	return n.peerAddr(name)
+}
+
+// peerAddr returns a member's peer transport address from its gossip.
+func (n *Node) peerAddr(name string) (string, error) {
+	for _, m := range n.members.Members() {
+		if m.Name == name && m.Meta.Peer != "" {
+			return m.Meta.Peer, nil
+		}
+	}
+	return "", fmt.Errorf("node %s is not known to the gossip", name)
+}
+
+// leaderError marks errors on the leader path for forwarding.
+func leaderError(err error) error {
+	if errors.Is(err, state.ErrNotLeader) {
+		return peer.WithCode("not_leader", err)
+	}
+	return err
+}
+
+// submitRequest asks the leader to place a new app.
+type submitRequest struct {
+	Spec      state.AppSpec `json:"spec"`
+	Preferred string        `json:"preferred"`
+}
+
+// submit registers a new app and places it: OP the preferred node when it
+// can host apps, clones on the best other workers.
+func (n *Node) submit(ctx context.Context, req submitRequest) (*state.App, error) {
+	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+	defer cancel()
+	for {
+		var app *state.App
+		var err error
+		if n.cluster.IsLeader() {
+			app, err = n.place(ctx, req)
+		} else {
+			var addr string
+			if addr, err = n.leaderPeer(); err == nil {
+				var out state.App
+				if err = n.peers.Call(ctx, addr, rpcSubmit, req, &out); err == nil {
+					app = &out
+				}
+			}
+		}
+		if err == nil || !retryable(err) {
+			return app, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: no raft leader answered (%v)", api.ErrUnavailable, err)
+		case <-time.After(leaderRetry):
+		}
+	}
+}
+
+// place runs on the leader.
+func (n *Node) place(ctx context.Context, req submitRequest) (*state.App, error) {
+	if _, ok := n.cluster.State().Apps[req.Spec.Name]; ok {
+		return nil, fmt.Errorf("%w: app %s already exists (doppel ls)", api.ErrConflict, req.Spec.Name)
+	}
+	cands := n.candidates()
+	op, err := ChooseOP(req.Preferred, cands)
+	if err != nil {
+		return nil, fmt.Errorf("%w: place %s: %v", api.ErrUnavailable, req.Spec.Name, err)
+	}
+	clones := PlaceClones(op, req.Spec.Replicas, nil, cands)
+	spec := req.Spec
+	if _, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPutApp, App: &spec}); err != nil {
+		if errors.Is(err, state.ErrExists) {
+			return nil, fmt.Errorf("%w: app %s already exists", api.ErrConflict, spec.Name)
+		}
+		return nil, leaderError(err)
+	}
+	if _, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPlace, Name: spec.Name, OP: op, Term: 1, Clones: clones}); err != nil {
+		return nil, leaderError(err)
+	}
+	app := n.cluster.State().Apps[spec.Name]
+	if app == nil {
+		return nil, fmt.Errorf("app %s vanished after placement", spec.Name)
+	}
+	if len(clones) < spec.Replicas {
+		n.publish(api.Event{Kind: api.KindApp, App: spec.Name,
+			Message: fmt.Sprintf("only %d of %d clones placed: not enough alive workers", len(clones), spec.Replicas)})
+	}
+	return app, nil
+}
+
+// candidates describes every known node for placement.
+func (n *Node) candidates() []Candidate {
+	drained := n.cluster.State().Drained
+	var out []Candidate
+	for _, m := range n.members.Members() {
+		out = append(out, Candidate{
+			Name:    m.Name,
+			Worker:  m.Meta.Role == RoleWorker,
+			Alive:   m.State == membership.StateAlive,
+			Drained: drained[m.Name] || m.Meta.Drained,
+			MemFree: m.Meta.MemFree,
+		})
+	}
+	return out
+}
+
+// registerPeerHandlers installs the RPCs and streams other nodes call.
+func (n *Node) registerPeerHandlers() {
+	n.peers.Handle(rpcApply, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+		var wc wireCommand
+		if err := json.Unmarshal(raw, &wc); err != nil {
+			return nil, err
+		}
+		wc.Cmd.Type = wc.Type
+		_, err := n.cluster.Apply(ctx, wc.Cmd)
+		return nil, leaderError(err)
+	})
+	n.peers.Handle(rpcSubmit, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+		var req submitRequest
+		if err := json.Unmarshal(raw, &req); err != nil {
+			return nil, err
+		}
+		if !n.cluster.IsLeader() {
+			return nil, leaderError(state.ErrNotLeader)
+		}
+		return n.place(ctx, req)
+	})
+	n.peers.Handle(rpcCheckpoint, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+		var name string
+		if err := json.Unmarshal(raw, &name); err != nil {
+			return nil, err
+		}
+		return n.checkpointLocal(ctx, name)
+	})
+	n.peers.Handle(rpcDetail, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+		var name string
+		if err := json.Unmarshal(raw, &name); err != nil {
+			return nil, err
+		}
+		return n.detailLocal(ctx, name)
+	})
+	n.peers.Handle(rpcPrepare, n.handlePrepare)
+	n.peers.HandleStream(streamInit, n.handleInit)
+	n.peers.HandleStream(streamEpoch, n.handleEpoch)
+}
+
+// watchMembers turns membership changes into events, metrics and, on the
+// leader, raft membership and clone placement.
+func (n *Node) watchMembers() {
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case ev, ok := <-n.members.Events():
+			if !ok {
+				return
+			}
+			n.publish(api.Event{Kind: api.KindMember, Node: ev.Member.Name,
+				Message: fmt.Sprintf("%s is %s", ev.Member.Name, ev.Kind)})
+			n.metrics.members(n.members.Members())
+			if n.cluster.IsLeader() {
+				n.reconcile()
+			}
+		}
+	}
+}
+
+// leaderLoop reconciles the cluster every second while this node leads.
+func (n *Node) leaderLoop() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+			if n.cluster.IsLeader() {
+				n.reconcile()
+			}
+		}
+	}
+}
+
+// reconcile, on the leader: raft servers follow the gossip membership, and
+// every app keeps its replica count on alive, undrained workers.
+func (n *Node) reconcile() {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	n.reconcileServers(ctx)
+	n.reconcileClones(ctx)
+}
+
+func (n *Node) reconcileServers(ctx context.Context) {
+	servers, err := n.cluster.Servers()
+	if err != nil {
+		return
+	}
+	known := map[string]state.Server{}
+	voters := 0
+	for _, s := range servers {
+		known[s.Name] = s
+		if s.Voter {
+			voters++
+		}
+	}
+	for _, m := range n.members.Members() {
+		s, in := known[m.Name]
+		switch {
+		case m.Name == n.cfg.Name:
+		case m.State == membership.StateLeft && in:
+			if err := n.cluster.RemoveServer(ctx, m.Name); err == nil {
+				n.log.Info("raft: removed a node that left", "peer", m.Name)
+			}
+		case m.State != membership.StateAlive || m.Meta.Raft == "":
+		case !in || s.Addr != m.Meta.Raft:
+			// A newcomer first follows the log without a vote, so that an
+			// unreachable one never costs the quorum; the next round
+			// promotes it.
+			if err := n.cluster.AddNonvoter(ctx, m.Name, m.Meta.Raft); err != nil {
+				n.log.Warn("raft: add non-voter", "peer", m.Name, "err", err)
+			} else {
+				n.log.Info("raft: added non-voter", "peer", m.Name, "addr", m.Meta.Raft)
+			}
+		case !s.Voter && voters < maxVoters:
+			if err := n.cluster.AddVoter(ctx, m.Name, m.Meta.Raft); err != nil {
+				n.log.Warn("raft: promote to voter", "peer", m.Name, "err", err)
+			} else {
+				voters++
+				n.log.Info("raft: promoted to voter", "peer", m.Name)
+			}
+		}
+	}
+}
+
+func (n *Node) reconcileClones(ctx context.Context) {
+	cands := n.candidates()
+	for name, app := range n.cluster.State().Apps {
+		if app.OP == "" {
+			continue
+		}
+		want := PlaceClones(app.OP, app.Spec.Replicas, app.Clones, cands)
+		if slices.Equal(want, app.Clones) {
+			continue
+		}
+		_, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: app.OP,
+			Term: app.Term, Clones: want, ExpectTerm: app.Term})
+		if err != nil {
+			n.log.Warn("re-place clones", "app", name, "err", err)
+			continue
+		}
+		n.publish(api.Event{Kind: api.KindApp, App: name,
+			Message: fmt.Sprintf("clones of %s: %v → %v", name, app.Clones, want)})
+	}
+}
+
+// watchState follows the cluster state: this node runs the apps placed on
+// it and stops (and kills) its copy of any app placed elsewhere.
+func (n *Node) watchState() {
+	states, stop := n.cluster.Watch()
+	defer stop()
+	n.reconcileLocal(n.cluster.State())
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case st, ok := <-states:
+			if !ok {
+				return
+			}
+			n.reconcileLocal(st)
+		}
+	}
+}
+
+func (n *Node) reconcileLocal(st state.State) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ctx.Err() != nil {
+		return
+	}
+	for name, app := range st.Apps {
+		r := n.runners[name]
+		switch {
+		case app.OP == n.cfg.Name && r == nil:
+			r = n.newRunner(app)
+			n.runners[name] = r
+			r.start()
+		case app.OP == n.cfg.Name:
+			r.update(app)
+		case r != nil:
+			delete(n.runners, name)
+			go r.stop(true)
+		default:
+			n.fence(name, app)
+		}
+	}
+	for name, r := range n.runners {
+		if _, ok := st.Apps[name]; !ok {
+			delete(n.runners, name)
+			go r.stop(true)
+		}
+	}
+}
+
+// fence kills a local copy of an app whose OP is another node (or none):
+// never two copies serving.
+func (n *Node) fence(name string, app *state.App) {
+	st, err := n.engine.App(name)
+	if err != nil || !st.Running() {
+		return
+	}
+	n.log.Warn("killing a local copy of an app placed elsewhere", "app", name, "op", app.OP, "term", app.Term)
+	if err := n.engine.Stop(n.ctx, name); err != nil {
+		n.log.Error("fence", "app", name, "err", err)
+		return
+	}
+	n.publish(api.Event{Kind: api.KindApp, App: name, Message: fmt.Sprintf("local copy of %s stopped: OP is %q at term %d", name, app.OP, app.Term)})
+}
+
+// toEngineSpec converts the cluster's app spec to the engine's.
+func toEngineSpec(s state.AppSpec) replicate.Spec {
+	return replicate.Spec{Name: s.Name, Args: s.Args, Dir: s.Dir, Env: s.Env, DataPaths: s.DataPaths}
+}
