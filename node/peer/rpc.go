@@ -102,7 +102,7 @@ func (t *Transport) Call(ctx context.Context, addr, method string, req, resp any
 		if err != nil {
 			return err
 		}
-		out, err := rc.roundTrip(ctx, msg)
+		out, reusable, err := rc.roundTrip(ctx, msg)
 		if err != nil {
 			rc.close()
 			if ctx.Err() != nil {
@@ -116,7 +116,11 @@ func (t *Transport) Call(ctx context.Context, addr, method string, req, resp any
 			}
 			return fmt.Errorf("peer: call %s on %s: %w", method, addr, err)
 		}
-		t.putConn(rc)
+		if reusable {
+			t.putConn(rc)
+		} else {
+			rc.close()
+		}
 		var r rpcResponse
 		if err := json.Unmarshal(out, &r); err != nil {
 			return fmt.Errorf("peer: call %s on %s: %w: bad response: %w", method, addr, ErrProtocol, err)
@@ -153,31 +157,35 @@ func (rc *rpcConn) close() {
 }
 
 // roundTrip writes one request and reads its response.
-func (rc *rpcConn) roundTrip(ctx context.Context, msg []byte) ([]byte, error) {
+func (rc *rpcConn) roundTrip(ctx context.Context, msg []byte) (out []byte, reusable bool, err error) {
 	// Only ctx ends the wait, so that an expired ctx is always reported
 	// as ctx.Err() rather than as a connection timeout.
 	rc.raw.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { rc.raw.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer func() {
+		// If ctx ended meanwhile its func may still set a deadline on
+		// the connection: never reuse it then.
+		reusable = stop() && err == nil
+	}()
 	if err := writeFrame(rc.c, frameRequest, msg); err != nil {
 		if isConnGone(err) {
-			return nil, fmt.Errorf("%w: %w", errStale, err)
+			return nil, false, fmt.Errorf("%w: %w", errStale, err)
 		}
-		return nil, err
+		return nil, false, err
 	}
 	typ, out, err := readFrame(rc.c, MaxMessage)
 	if err != nil {
 		// io.EOF (not ErrUnexpectedEOF) or a reset: not one byte of the
 		// answer arrived.
 		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
-			return nil, fmt.Errorf("%w: %w", errStale, err)
+			return nil, false, fmt.Errorf("%w: %w", errStale, err)
 		}
-		return nil, describeReadErr(err)
+		return nil, false, describeReadErr(err)
 	}
 	if typ != frameResponse {
-		return nil, fmt.Errorf("%w: got frame type %d, want a response", ErrProtocol, typ)
+		return nil, false, fmt.Errorf("%w: got frame type %d, want a response", ErrProtocol, typ)
 	}
-	return out, nil
+	return out, true, nil
 }
 
 // maxIdlePerAddr bounds the pooled connections to one peer.

@@ -381,7 +381,10 @@ func (t *Transport) dial(ctx context.Context, addr string, h hello) (*tls.Conn, 
 	if err == nil {
 		err = readJSON(c, frameWelcome, maxHelloSize, &w)
 	}
-	stop()
+	if !stop() && err == nil {
+		// hctx ended just now; its func may still set a deadline.
+		err = hctx.Err()
+	}
 	if err != nil {
 		if isBadCertAlert(err) {
 			return fail(fmt.Errorf("peer: %s refused this node: %w (check the key file on both nodes)", addr, ErrUnauthenticated))

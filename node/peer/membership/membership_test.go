@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -111,6 +112,24 @@ func mustStart(t *testing.T, ip, name string, key peer.Key, meta Meta, join ...s
 	return n
 }
 
+// checkGoroutines fails the test if, after every later cleanup (members
+// shut down), more goroutines run than when it was called. Register first.
+func checkGoroutines(t *testing.T) {
+	t.Helper()
+	base := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > base {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("goroutine leak: %d running, %d before\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
 func mustKey(t *testing.T) peer.Key {
 	k, err := peer.NewKey()
 	if err != nil {
@@ -179,6 +198,7 @@ func cluster(t *testing.T, key peer.Key) (a, b, c *testNode) {
 }
 
 func TestThreeNodesSeeEachOther(t *testing.T) {
+	checkGoroutines(t)
 	a, b, c := cluster(t, mustKey(t))
 	for _, n := range []*testNode{a, b, c} {
 		ms := n.Members()
@@ -256,6 +276,7 @@ func TestFailureDetection(t *testing.T) {
 }
 
 func TestGracefulLeave(t *testing.T) {
+	checkGoroutines(t)
 	a, b, c := cluster(t, mustKey(t))
 	if err := c.Leave(2 * time.Second); err != nil {
 		t.Fatal(err)
@@ -287,6 +308,7 @@ func TestGracefulLeave(t *testing.T) {
 }
 
 func TestWrongKeyCannotJoin(t *testing.T) {
+	checkGoroutines(t)
 	key := mustKey(t)
 	a := mustStart(t, "127.0.0.21", "a", key, metaFor("a"))
 	b := mustStart(t, "127.0.0.22", "b", key, metaFor("b"), a.Addr())
@@ -456,5 +478,30 @@ func TestSuspicionFromLog(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s:\n%s", want, out)
 		}
+	}
+}
+
+func TestLANPreset(t *testing.T) {
+	checkGoroutines(t)
+	key := mustKey(t)
+	cfg := DefaultConfig()
+	cfg.Name, cfg.BindAddr, cfg.BindPort, cfg.Key = "a", "127.0.0.21", 0, key
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	a, err := JoinCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown()
+	cfg.Name, cfg.BindAddr, cfg.Join = "b", "127.0.0.22", []string{a.Addr()}
+	b, err := JoinCluster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Shutdown()
+	waitFor(t, 5*time.Second, "a and b to meet", func() bool {
+		return stateOf(a, "b") == StateAlive && stateOf(b, "a") == StateAlive
+	})
+	if a.ml.ProbeInterval != time.Second || a.ml.SuspicionMult != 4 {
+		t.Errorf("lan preset is not memberlist's DefaultLANConfig: probe %v, suspicion mult %d", a.ml.ProbeInterval, a.ml.SuspicionMult)
 	}
 }
