@@ -87,13 +87,13 @@ func (c *fdCtx) access(name string) string {
 }
 
 // readFDs resolves every descriptor of p to a resource node.
-func (s *scanner) readFDs(dfd int, p *Process, unreadable func(string, error)) {
-	fdDir, err := s.r.openat(dfd, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+func (s *scanner) readFDs(pf *procFiles, p *Process, unreadable func(string, error)) {
+	dfd := pf.dir
+	fdDir, err := s.sc.openFDDir(pf)
 	if err != nil {
 		unreadable("fds", err)
 		return
 	}
-	defer s.r.close(fdDir)
 	fds := s.fdBuf[:0]
 	if err := s.r.readDirNames(fdDir, func(name []byte) {
 		if n, ok := atoiBytes(name); ok {

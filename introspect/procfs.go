@@ -91,6 +91,34 @@ func (r *procReader) read(dirfd int, name string, done int) ([]byte, error) {
 	}
 }
 
+// preadAll reads an open procfs file whole from offset 0 (procfs prints it
+// afresh). record has readRecordAt's meaning.
+func (r *procReader) preadAll(fd int, record bool) ([]byte, error) {
+	n := 0
+	for {
+		if n == len(r.buf) {
+			nb := make([]byte, 2*len(r.buf))
+			copy(nb, r.buf)
+			r.buf = nb
+		}
+		r.calls++
+		m, err := unix.Pread(fd, r.buf[n:], int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			return r.buf[:n], nil
+		}
+		n += m
+		if record && n < len(r.buf) {
+			return r.buf[:n], nil
+		}
+	}
+}
+
 // openat opens name under dirfd, counting the call.
 func (r *procReader) openat(dirfd int, name string, flags int) (int, error) {
 	r.calls++

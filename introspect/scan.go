@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -27,9 +28,10 @@ var verdictNS = map[string]bool{"ipc": true, "mnt": true, "net": true, "pid": tr
 // nsNames are the namespaces recorded for each process.
 var nsNames = [...]string{"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
 
-// Scanner builds resource graphs. It keeps its read buffers between scans,
-// so a caller that scans repeatedly (the checkpoint engine, a Watcher)
-// allocates less. A Scanner is not safe for concurrent use.
+// Scanner builds resource graphs. It keeps its read buffers, and the procfs
+// files of the processes it read, between scans, so a caller that scans
+// repeatedly (the checkpoint engine, a Watcher) pays less per scan; Close
+// releases the files. A Scanner is not safe for concurrent use.
 type Scanner struct {
 	cfg   Config
 	r     *procReader
@@ -39,9 +41,13 @@ type Scanner struct {
 	nsPaths []string
 	// strs interns the strings that repeat across mappings and scans.
 	strs      map[string]string
-	dbuf      []byte            // sock_diag receive buffer
-	devs      map[uint64]string // devString results
-	lastNodes int               // nodes of the last scan, to size the next one
+	dbuf      []byte             // sock_diag receive buffer
+	devs      map[uint64]string  // devString results
+	lastNodes int                // nodes of the last scan, to size the next one
+	pfs       map[int]*procFiles // procfs files kept open between scans
+	gen       uint64             // scan generation, for sweeping pfs
+	procFD    int                // ProcRoot, kept open
+	kept      map[int]bool       // the descriptors of pfs, built when needed
 	// lastThreads is the number of threads the last scan found; it picks
 	// the cheaper way to discover the next tree.
 	lastThreads int
@@ -87,7 +93,9 @@ func (sc *Scanner) Config() Config { return sc.cfg }
 // The error wraps ErrNoProcess when root does not exist; every other
 // failure to read something is a Problem, not an error.
 func Scan(ctx context.Context, root int, cfg Config) (*Graph, error) {
-	return NewScanner(cfg).Scan(ctx, root)
+	sc := NewScanner(cfg)
+	defer sc.Close()
+	return sc.Scan(ctx, root)
 }
 
 // Scan is the package-level Scan using the Scanner's buffers.
@@ -96,6 +104,9 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 		return nil, fmt.Errorf("scan pid %d: %w", root, ErrNoProcess)
 	}
 	start := time.Now()
+	sc.gen++
+	sc.kept = nil
+	defer sc.sweep()
 	s := &scanner{
 		sc:      sc,
 		cfg:     sc.cfg,
@@ -276,17 +287,16 @@ func (s *scanner) listPIDs() ([]int, error) {
 func (s *scanner) readAllStats(pids []int) (map[int]*statInfo, map[int][]int) {
 	stats := make(map[int]*statInfo, len(pids))
 	kids := make(map[int][]int, len(pids))
-	dfd, err := unix.Open(s.cfg.ProcRoot, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil
-	}
-	defer unix.Close(dfd)
 	for _, pid := range pids {
-		b, err := s.r.readRecordAt(dfd, strconv.Itoa(pid)+"/stat")
+		pf := s.sc.cachedProc(pid)
+		b, err := s.sc.readProcFile(pid, pf, pfStat)
 		if err != nil {
+			s.sc.releaseProc(pid, pf)
 			continue
 		}
+		// Parse before releasing: b is the reader's buffer.
 		st, err := parseStat(b)
+		s.sc.releaseProc(pid, pf)
 		if err != nil {
 			continue
 		}
@@ -349,23 +359,25 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 		s.problem(id, what, err, isGone(err))
 		return nil, nil
 	}
-	pdir := filepath.Join(s.cfg.ProcRoot, strconv.Itoa(pid))
-	dfd, err := s.r.openat(unix.AT_FDCWD, pdir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC)
-	if err != nil {
-		return gone("process", err)
-	}
-	defer s.r.close(dfd)
+	pf := s.sc.cachedProc(pid)
+	defer s.sc.releaseProc(pid, pf)
+	// The stat comes first: reading it checks that kept files still
+	// belong to this process (the pid may have been reused).
 	var st statInfo
 	if pre != nil {
 		st = *pre
 	} else {
-		b, err := s.r.readRecordAt(dfd, "stat")
+		b, err := s.sc.readProcFile(pid, pf, pfStat)
 		if err != nil {
 			return gone("process", err)
 		}
 		if st, err = parseStat(b); err != nil {
 			return gone("stat", err)
 		}
+	}
+	dfd, err := s.sc.procDir(pid, pf)
+	if err != nil {
+		return gone("process", err)
 	}
 	p := &Process{
 		PID: pid, PPID: st.PPID, PGID: st.PGID, SID: st.SID, Comm: st.Comm, State: st.State,
@@ -387,7 +399,7 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 		p.Unreadable = append(p.Unreadable, what+": "+errString(err))
 	}
 
-	if b, err := s.r.readRecordAt(dfd, "status"); err == nil {
+	if b, err := s.sc.readProcFile(pid, pf, pfStatus); err == nil {
 		ss := parseStatus(b)
 		p.UID, p.TracerPID, p.NSPID = ss.UID, ss.TracerPID, ss.NSPID
 		if ss.HasVmRSS {
@@ -430,8 +442,8 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 	}
 
 	children := s.readThreads(dfd, p, wantChildren, unreadable)
-	s.readMappings(dfd, p, unreadable)
-	s.readFDs(dfd, p, unreadable)
+	s.readMappings(pf, p, unreadable)
+	s.readFDs(pf, p, unreadable)
 	return children, nil
 }
 
@@ -528,12 +540,12 @@ func (s *scanner) childrenByScan(ppid int) []int {
 
 // readMappings reads /proc/PID/smaps (or maps) into p and records the
 // shared resources behind the mappings.
-func (s *scanner) readMappings(dfd int, p *Process, unreadable func(string, error)) {
-	file := "maps"
+func (s *scanner) readMappings(pf *procFiles, p *Process, unreadable func(string, error)) {
+	file, which := "maps", pfMaps
 	if s.cfg.MapSizes {
-		file = "smaps"
+		file, which = "smaps", pfSmaps
 	}
-	b, err := s.r.readFileAt(dfd, file)
+	b, err := s.sc.readProcFile(p.PID, pf, which)
 	if err != nil {
 		unreadable(file, err)
 		return
@@ -861,6 +873,8 @@ func (s *scanner) findOutsideHolders() {
 	}); err != nil {
 		s.problem("", "process list", err, false)
 	}
+	// The Scanner's own kept procfs files are neither pipes nor sockets.
+	self := os.Getpid()
 	var denied []string
 	var fds []int
 	for _, pid := range pids {
@@ -874,7 +888,7 @@ func (s *scanner) findOutsideHolders() {
 		}
 		fds = fds[:0]
 		_ = s.r.readDirNames(fdDir, func(name []byte) {
-			if n, ok := atoiBytes(name); ok {
+			if n, ok := atoiBytes(name); ok && (pid != self || !s.sc.keeps(n)) {
 				fds = append(fds, n)
 			}
 		})

@@ -83,6 +83,7 @@ func NewWatcher(ctx context.Context, root int, cfg Config) (*Watcher, error) {
 	sc := NewScanner(cfg)
 	g, err := sc.Scan(ctx, root)
 	if err != nil {
+		sc.Close()
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
@@ -155,6 +156,7 @@ type born struct {
 
 func (w *Watcher) run(ctx context.Context, prev *Graph) {
 	defer close(w.done)
+	defer w.sc.Close()
 	var finalErr error
 	defer func() {
 		w.mu.Lock()
