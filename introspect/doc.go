@@ -28,10 +28,10 @@
 // DefaultConfig reads everything; CheckpointConfig is the scan to run while
 // the tree is frozen, which keeps every input of the verdicts and drops
 // the costly details (mapping sizes, fdinfo, per-thread stats, command
-// lines). Its cost is dominated by procfs calls: about 2.0 per descriptor
-// everything included once a Scanner keeps its files open (TestScanCallBudget
-// bounds it at 2.2); BenchmarkScan
-// reports the CPU time of a 100-process, 5000-descriptor tree.
+// lines). Its cost is dominated by procfs calls: about 2.0 per descriptor,
+// everything included, once a Scanner keeps its files open
+// (TestScanCallBudget bounds it at 2.2); BenchmarkScan reports the CPU time
+// of a 100-process, 5000-descriptor tree.
 //
 // # Graph
 //
