@@ -56,6 +56,7 @@ func BenchmarkScan(b *testing.B) {
 			cfg := DefaultConfig()
 			v.cfg(&cfg)
 			sc := NewScanner(cfg)
+			defer sc.Close()
 			g, err := sc.Scan(context.Background(), a.pid)
 			if err != nil {
 				b.Fatal(err)
@@ -88,6 +89,7 @@ func TestScanCallBudget(t *testing.T) {
 	cfg := CheckpointConfig()
 	cfg.OutsideHolders = false // its cost depends on the rest of the machine
 	sc := NewScanner(cfg)
+	defer sc.Close()
 	g, err := sc.Scan(context.Background(), a.pid)
 	if err != nil {
 		t.Fatal(err)

@@ -533,6 +533,7 @@ func TestScanBadInput(t *testing.T) {
 			_ = c.Wait()
 		})
 		sc := NewScanner(DefaultConfig())
+		defer sc.Close()
 		deadline := time.Now().Add(20 * time.Second)
 		for scans := 0; ; scans++ {
 			g, err := sc.Scan(context.Background(), c.Process.Pid)
