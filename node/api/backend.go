@@ -29,6 +29,12 @@ type Backend interface {
 	// Restore starts the app from an epoch (0: the newest). An app that
 	// runs wraps ErrConflict unless force is set.
 	Restore(ctx context.Context, name string, epoch uint64, force bool) (AppInfo, error)
+	// Failover moves the app to a clone now, as after a failure: to the
+	// named node, or to the clone holding the newest epoch. force promotes
+	// even without a raft majority (the operator vouches that the old OP
+	// is down). An unknown app wraps ErrNotFound; no eligible clone wraps
+	// ErrConflict; no quorum without force wraps ErrUnavailable.
+	Failover(ctx context.Context, name, to string, force bool) (AppInfo, error)
 	// Stop stops a running app, keeping its epochs and clones.
 	Stop(ctx context.Context, name string) error
 	// Remove forgets a stopped app, its epochs and clones.

@@ -226,6 +226,21 @@ func (c *Client) Restore(ctx context.Context, name string, epoch uint64, force b
 	return a, err
 }
 
+// Failover moves the app to a clone (to: a node name, or "" for the
+// election's choice).
+func (c *Client) Failover(ctx context.Context, name, to string, force bool) (AppInfo, error) {
+	q := url.Values{}
+	if to != "" {
+		q.Set("to", to)
+	}
+	if force {
+		q.Set("force", "1")
+	}
+	var a AppInfo
+	err := c.do(ctx, http.MethodPost, appPath(name, "/failover"), q, nil, &a)
+	return a, err
+}
+
 // Stop stops a running app.
 func (c *Client) Stop(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, appPath(name, "/stop"), nil, nil, nil)

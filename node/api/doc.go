@@ -20,6 +20,7 @@
 //	POST   /v1/apps/{name}/restore?epoch=N&force=1 → AppInfo (epoch 0 or absent: the newest)
 //	POST   /v1/apps/{name}/stop            → 204
 //	POST   /v1/apps/{name}/export          ExportRequest → ExportResult (progress as events: op export)
+//	POST   /v1/apps/{name}/failover?to=NODE&force=1 → AppInfo (to absent: the election's choice)
 //	POST   /v1/import                      ImportRequest → ImportResult (progress as events: op import)
 //	GET    /v1/events                      → NDJSON stream of Event
 //

@@ -83,6 +83,7 @@ var routes = []route{
 	{http.MethodPost, "/v1/apps/{name}/stop", jsonHandler(postStop)},
 	{http.MethodPost, "/v1/apps/{name}/export", jsonHandler(postExport)},
 	{http.MethodPost, "/v1/import", jsonHandler(postImport)},
+	{http.MethodPost, "/v1/apps/{name}/failover", jsonHandler(postFailover)},
 	{http.MethodGet, "/v1/events", (*Server).serveEvents},
 }
 
@@ -397,6 +398,29 @@ func checkRun(req RunRequest) error {
 	if req.Interval < 0 {
 		return badRequest("interval is %s, want 0 or more", req.Interval)
 	}
+	switch req.Policy {
+	case "", "restart", "failover", "none":
+	default:
+		return badRequest("policy %q: use restart, failover or none", req.Policy)
+	}
+	if sv := req.Service; sv != nil {
+		if _, _, err := net.SplitHostPort(sv.Listen); err != nil {
+			return badRequest("service listen %q: use HOST:PORT or :PORT", sv.Listen)
+		}
+		if _, _, err := net.SplitHostPort(sv.Target); err != nil {
+			return badRequest("service target %q: use HOST:PORT", sv.Target)
+		}
+		switch sv.Framing {
+		case "", "line", "len32", "raw":
+		default:
+			return badRequest("service framing %q: use line, len32 or raw", sv.Framing)
+		}
+		switch sv.Journal {
+		case "", "sync", "async", "off":
+		default:
+			return badRequest("service journal %q: use sync, async or off", sv.Journal)
+		}
+	}
 	return nil
 }
 
@@ -430,6 +454,28 @@ func postRestore(s *Server, r *http.Request) (int, any, error) {
 	a, err := s.backend.Restore(r.Context(), name, epoch, force)
 	return http.StatusOK, a, err
 }
+
+func postFailover(s *Server, r *http.Request) (int, any, error) {
+	name, err := pathName(r)
+	if err != nil {
+		return 0, nil, err
+	}
+	q := r.URL.Query()
+	to := q.Get("to")
+	if to != "" && !nodeNameRE.MatchString(to) {
+		return 0, nil, badRequest("to %q is not a node name", to)
+	}
+	var force bool
+	if v := q.Get("force"); v != "" {
+		if force, err = strconv.ParseBool(v); err != nil {
+			return 0, nil, badRequest("force %q is not a boolean (use 1 or 0)", v)
+		}
+	}
+	a, err := s.backend.Failover(r.Context(), name, to, force)
+	return http.StatusOK, a, err
+}
+
+var nodeNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 func postStop(s *Server, r *http.Request) (int, any, error) {
 	name, err := pathName(r)

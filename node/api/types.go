@@ -173,6 +173,27 @@ type RunRequest struct {
 	// Interval the time between epochs (0: the daemon's default).
 	Replicas int      `json:"replicas,omitempty"`
 	Interval Duration `json:"interval,omitempty"`
+	// Service, when set, puts doppel's ingress proxy in front of the app.
+	Service *Service `json:"service,omitempty"`
+	// Policy says what happens when the app dies by itself on a healthy
+	// node: "restart" (restore it there from its newest epoch, the
+	// default), "failover" (promote a clone), or "none".
+	Policy string `json:"policy,omitempty"`
+	// Priority ranks this node when a clone is elected: higher first.
+	Priority int `json:"priority,omitempty"`
+}
+
+// Service is an app's service as clients reach it.
+type Service struct {
+	// Listen is the address clients connect to on the OP node (":PORT"
+	// listens on the node's bind address).
+	Listen string `json:"listen"`
+	// Target is the app's own address, e.g. 127.0.0.1:8080.
+	Target string `json:"target"`
+	// Framing cuts client bytes into messages: line, len32 or raw.
+	Framing string `json:"framing,omitempty"`
+	// Journal is sync, async or off.
+	Journal string `json:"journal,omitempty"`
 }
 
 // Event kinds, Event.Kind. The list is append-only; clients ignore kinds

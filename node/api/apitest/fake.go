@@ -330,6 +330,27 @@ func (f *Fake) Import(ctx context.Context, req api.ImportRequest) (api.ImportRes
 	return api.ImportResult{App: a.info.Name, Epoch: a.info.NewestEpoch, Started: req.Start}, nil
 }
 
+// Failover implements api.Backend: the app moves to node to (or "n2").
+func (f *Fake) Failover(ctx context.Context, name, to string, force bool) (api.AppInfo, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failure("Failover"); err != nil {
+		return api.AppInfo{}, err
+	}
+	a, err := f.app(name)
+	if err != nil {
+		return api.AppInfo{}, err
+	}
+	if to == "" {
+		to = "n2"
+	}
+	a.info.OP = to
+	a.info.Term++
+	a.info.State = api.AppRunning
+	f.publishLocked(api.Event{Kind: api.KindPromotion, Node: to, App: name, Message: "promoted"})
+	return a.info, nil
+}
+
 // Stop implements api.Backend.
 func (f *Fake) Stop(ctx context.Context, name string) error {
 	f.mu.Lock()
