@@ -23,7 +23,7 @@ var appsimPath string
 func TestMain(m *testing.M) {
 	if os.Getenv(nonRootEnv) != "" {
 		// Re-executed as an unprivileged user by TestScanNonRoot.
-		os.Exit(m.Run())
+		os.Exit(nonRootScan())
 	}
 	// Descriptors this process inherited (from a shell or a CI runner)
 	// must not leak into the test applications, where they would show up
