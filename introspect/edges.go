@@ -151,7 +151,7 @@ func (s *scanner) buildEdges() {
 				mpids = append(mpids, m.PID)
 			}
 		}
-		if len(mpids) > 1 {
+		if len(mpids) > 1 && sharesData(n) {
 			sort.Ints(mpids)
 			kind := EdgeSharedMemory
 			if n.Kind == KindSysVShm {
@@ -263,6 +263,21 @@ func (s *scanner) buildEdges() {
 			es.add(Edge{From: xn.ID, To: n.ID, Kind: EdgeOutside, Reason: fmt.Sprintf("fd %d (%s)", o.FD, o.Access)})
 		}
 	}
+}
+
+// sharesData reports whether the mappers of n exchange data through it: a
+// file mapped shared but read-only by everyone (a system cache) does not
+// tie its mappers together.
+func sharesData(n *Node) bool {
+	if n.Kind != KindFile && n.Kind != KindPosixShm {
+		return true
+	}
+	for _, m := range n.Mappers {
+		if strings.Contains(m.Perms, "w") {
+			return true
+		}
+	}
+	return false
 }
 
 func ownsReason(o *IPCInfo, pid int) string {

@@ -119,7 +119,11 @@ func (g *Graph) WriteText(w io.Writer) error {
 	if fs := g.Preflight(); len(fs) > 0 {
 		fmt.Fprintf(bw, "\npreflight:\n")
 		for _, f := range fs {
-			fmt.Fprintf(bw, "  %-7s %s: %s\n", strings.ToUpper(string(f.Level)), f.Node, f.Reason)
+			node := f.Node
+			if node == "" {
+				node = "(scan)"
+			}
+			fmt.Fprintf(bw, "  %-7s %s: %s\n", strings.ToUpper(string(f.Level)), node, f.Reason)
 		}
 	} else {
 		fmt.Fprintf(bw, "\npreflight: no findings\n")

@@ -74,8 +74,7 @@ func (s *scanner) judge() {
 		// A pipe or socket also open in a process outside the tree is
 		// cut from it by a checkpoint.
 		if n.Socket != nil && len(n.Outside) > 0 {
-			o := n.Outside[0]
-			v.raise(LevelBlocker, fmt.Sprintf("also held by pid %d (%s) outside the tree (fd %d)", o.PID, o.Comm, o.FD))
+			v.raise(LevelBlocker, "also held outside the tree by "+outsideList(n.Outside))
 		}
 	}
 }
@@ -198,6 +197,19 @@ func judgeTTY(n *Node, ptmx map[string]bool) {
 	}
 }
 
+// outsideList names the first outside holders, "pid 12 (comm) fd 3, ...".
+func outsideList(os []OutsideHolder) string {
+	var parts []string
+	for i, o := range os {
+		if i == 2 {
+			parts = append(parts, fmt.Sprintf("%d more", len(os)-2))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("pid %d (%s) fd %d", o.PID, o.Comm, o.FD))
+	}
+	return strings.Join(parts, ", ")
+}
+
 func judgePipe(n *Node, outsideScanned bool) {
 	v := &n.Verdict
 	r, w := false, false
@@ -205,12 +217,14 @@ func judgePipe(n *Node, outsideScanned bool) {
 		r = r || strings.Contains(h.Access, "r")
 		w = w || strings.Contains(h.Access, "w")
 	}
+	var shared []OutsideHolder
 	for _, o := range n.Outside {
 		if (r && strings.Contains(o.Access, "r")) || (w && strings.Contains(o.Access, "w")) {
-			v.raise(LevelBlocker, fmt.Sprintf("pipe end also held by pid %d (%s) outside the tree (fd %d)", o.PID, o.Comm, o.FD))
+			shared = append(shared, o)
 		}
 	}
-	if v.Level == LevelBlocker {
+	if len(shared) > 0 {
+		v.raise(LevelBlocker, "pipe end also held outside the tree by "+outsideList(shared))
 		return
 	}
 	if len(n.Outside) > 0 {
