@@ -13,10 +13,9 @@ import (
 // is gone (and its pid possibly reused) reads fail with ESRCH or ENOENT, and
 // the file is closed and opened afresh by path.
 
-// maxCachedProcs bounds the processes whose files a Scanner keeps open
-// (one descriptor for a process outside the tree, up to five for one in
-// it).
-const maxCachedProcs = 2048
+// maxCachedProcs bounds the processes whose files a Scanner keeps open (up
+// to five descriptors each; only processes of the tree are kept).
+const maxCachedProcs = 1024
 
 // Files kept open per process.
 const (

@@ -287,16 +287,29 @@ func (s *scanner) listPIDs() ([]int, error) {
 func (s *scanner) readAllStats(pids []int) (map[int]*statInfo, map[int][]int) {
 	stats := make(map[int]*statInfo, len(pids))
 	kids := make(map[int][]int, len(pids))
+	root, err := s.sc.procRootFD()
+	if err != nil {
+		return nil, nil
+	}
 	for _, pid := range pids {
-		pf := s.sc.cachedProc(pid)
-		b, err := s.sc.readProcFile(pid, pf, pfStat)
+		// The files of the tree's processes are kept open between scans;
+		// those of the rest of the machine are not, so that a Scanner
+		// holds descriptors in proportion to its tree only.
+		var b []byte
+		var err error
+		if pf := s.sc.pfs[pid]; pf != nil {
+			pf.gen = s.sc.gen
+			b, err = s.sc.readProcFile(pid, pf, pfStat)
+			if err != nil {
+				s.sc.releaseProc(pid, pf)
+			}
+		} else {
+			b, err = s.r.readRecordAt(root, strconv.Itoa(pid)+"/stat")
+		}
 		if err != nil {
-			s.sc.releaseProc(pid, pf)
 			continue
 		}
-		// Parse before releasing: b is the reader's buffer.
 		st, err := parseStat(b)
-		s.sc.releaseProc(pid, pf)
 		if err != nil {
 			continue
 		}
