@@ -265,7 +265,12 @@ type statInfo struct {
 	NumThreads int
 	StartTime  uint64
 	RSSPages   uint64
+	Flags      uint64 // PF_* flags of the task
 }
+
+// pfKthread is PF_KTHREAD: the task is a kernel thread (it has no
+// descriptors).
+const pfKthread = 0x00200000
 
 // parseStat parses /proc/PID/stat (or /proc/PID/task/TID/stat). The comm
 // field may contain spaces and parentheses; it ends at the last ')'.
@@ -323,6 +328,7 @@ func parseStat(b []byte) (statInfo, error) {
 	s.PPID = inum(1)
 	s.PGID = inum(2)
 	s.SID = inum(3)
+	s.Flags = num(6)
 	s.UTime = num(11)
 	s.STime = num(12)
 	s.NumThreads = inum(17)

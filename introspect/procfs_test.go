@@ -19,7 +19,7 @@ func TestParseStat(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := statInfo{PID: 18026, Comm: "my (odd) name", State: "R", PPID: 18024, PGID: 18024, SID: 2412,
-		UTime: 7, STime: 3, NumThreads: 4, StartTime: 150401, RSSPages: 412}
+		UTime: 7, STime: 3, NumThreads: 4, StartTime: 150401, RSSPages: 412, Flags: 4194304}
 	if st != want {
 		t.Errorf("parseStat = %+v, want %+v", st, want)
 	}

@@ -119,6 +119,7 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 		stats:   make(map[uint64]map[string]fileStat, 2),
 		pipes:   make(map[uint64]*Node, 64),
 		files:   make(map[string]*Node, 64),
+		noFDs:   make(map[int]bool),
 	}
 	if err := s.run(ctx, root); err != nil {
 		return nil, err
@@ -145,6 +146,7 @@ type scanner struct {
 	devMaps []devMap
 	fdBuf   []int
 	allPIDs []int                          // the machine's processes, when listed at the start
+	noFDs   map[int]bool                   // kernel threads and zombies: they hold no descriptors
 	stats   map[uint64]map[string]fileStat // by mount namespace and path
 	pipes   map[uint64]*Node
 	files   map[string]*Node // "file:PATH" nodes by path
@@ -315,6 +317,9 @@ func (s *scanner) readAllStats(pids []int) (map[int]*statInfo, map[int][]int) {
 		}
 		stats[pid] = &st
 		kids[st.PPID] = append(kids[st.PPID], pid)
+		if st.Flags&pfKthread != 0 || st.State == "Z" {
+			s.noFDs[pid] = true
+		}
 	}
 	return stats, kids
 }
@@ -875,7 +880,7 @@ func (s *scanner) findOutsideHolders() {
 	var pids []int
 	if s.allPIDs != nil {
 		for _, p := range s.allPIDs {
-			if s.procs[p] == nil {
+			if s.procs[p] == nil && !s.noFDs[p] {
 				pids = append(pids, p)
 			}
 		}
