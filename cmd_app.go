@@ -41,8 +41,9 @@ func newRunCmd(a *app) *cobra.Command {
 	var replicas int
 	var interval time.Duration
 	var wait time.Duration
+	var service, framing, journalMode, policy string
 	cmd := &cobra.Command{
-		Use:   "run NAME [--replicas N] [--interval D] [--data PATH]... -- CMD [ARGS...]",
+		Use:   "run NAME [--replicas N] [--interval D] [--data PATH]... [--service LISTEN=TARGET] -- CMD [ARGS...]",
 		Short: "Start an application under doppel and replicate it to N clones",
 		Long: "Submits the app to the cluster: it runs on this node (unless this node cannot host apps) as the child of a " +
 			"small init in a new PID namespace, and is checkpointed every interval to N clones on other nodes. " +
@@ -73,11 +74,21 @@ func newRunCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c := a.client(cmd)
-			info, err := c.Run(cmd.Context(), api.RunRequest{
+			req := api.RunRequest{
 				Name: args[0], Args: args[1:], Dir: dirAbs, Env: os.Environ(), DataPaths: abs,
-				Replicas: replicas, Interval: api.Duration(interval),
-			})
+				Replicas: replicas, Interval: api.Duration(interval), Policy: policy,
+			}
+			if service != "" {
+				listen, target, ok := strings.Cut(service, "=")
+				if !ok || listen == "" || target == "" {
+					return usageError{fmt.Errorf("--service %q: use LISTEN=TARGET, e.g. :7000=127.0.0.1:8000", service)}
+				}
+				req.Service = &api.Service{Listen: listen, Target: target, Framing: framing, Journal: journalMode}
+			} else if cmd.Flags().Changed("framing") || cmd.Flags().Changed("journal") {
+				return usageError{fmt.Errorf("--framing and --journal need --service LISTEN=TARGET")}
+			}
+			c := a.client(cmd)
+			info, err := c.Run(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
@@ -97,6 +108,10 @@ func newRunCmd(a *app) *cobra.Command {
 	f.IntVar(&replicas, "replicas", 1, "number of clones on other nodes")
 	f.DurationVar(&interval, "interval", 0, "time between epochs (default: checkpoint.interval)")
 	f.DurationVar(&wait, "wait", 30*time.Second, "wait this long for the app to run (0: return at once)")
+	f.StringVar(&service, "service", "", "LISTEN=TARGET: clients connect to LISTEN on the OP node, doppel journals their messages and forwards them to the app at TARGET")
+	f.StringVar(&framing, "framing", "line", "how the service cuts messages: line, len32 or raw")
+	f.StringVar(&journalMode, "journal", "sync", "service journal: sync (forward once a clone stored it), async, or off")
+	f.StringVar(&policy, "policy", "restart", "when the app dies by itself: restart (restore it from its newest epoch), failover (promote a clone), none")
 	return cmd
 }
 
@@ -179,6 +194,38 @@ func newRestoreCmd(a *app) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "restore here even if the cluster says the app runs elsewhere")
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "wait this long for the app to run (0: return at once)")
+	return cmd
+}
+
+func newFailoverCmd(a *app) *cobra.Command {
+	var to string
+	var force bool
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "failover NAME [--to NODE] [--force]",
+		Short: "Move an application to a clone now, the way a node failure would",
+		Long: "Promotes a clone of the app with a new term (a raft commit): the clone holding the newest acknowledged epoch, " +
+			"or --to NODE. The new OP restores the epoch, replays the journal of the app's service and opens it; the old OP, " +
+			"if it still runs, kills its copy. Without a raft majority nothing is promoted: --force explains what is possible.",
+		Args: nameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := a.client(cmd)
+			info, err := c.Failover(cmd.Context(), args[0], to, force)
+			if err != nil {
+				return err
+			}
+			if wait > 0 {
+				if info, err = waitState(cmd.Context(), c, info.Name, wait, api.AppRunning); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s on %s (term %d)\n", info.Name, info.State, info.OP, info.Term)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the clone node to promote (default: the one holding the newest epoch)")
+	cmd.Flags().BoolVar(&force, "force", false, "the operator vouches that the old OP is down")
+	cmd.Flags().DurationVar(&wait, "wait", 60*time.Second, "wait this long for the app to run on its new OP (0: return at once)")
 	return cmd
 }
 

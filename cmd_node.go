@@ -32,6 +32,7 @@ func newNodeCmd(a *app) *cobra.Command {
 				nc.Name = c.Node.Name
 			}
 			nc.Role = c.Node.Role
+			nc.Priority = c.Node.Priority
 			nc.BindIP = c.Node.Bind
 			nc.GossipPort, nc.RaftPort, nc.PeerPort = c.Ports.Gossip, c.Ports.Raft, c.Ports.Peer
 			nc.Join = c.Node.Join
@@ -63,6 +64,7 @@ func newNodeCmd(a *app) *cobra.Command {
 	f.String("bind", "", "IP address to listen on (config node.bind)")
 	f.StringSlice("join", nil, "nodes to join, IP or IP:PORT, comma-separated (config node.join)")
 	f.String("role", "", "worker or witness (config node.role)")
+	f.Int("priority", 0, "preference of this node when a clone is promoted, higher first (config node.priority)")
 	f.String("preset", "", "failure detection and raft timing: lan or fast (config node.preset)")
 	f.String("key-file", "", "cluster key (config node.key_file)")
 	f.Int("gossip-port", 0, "gossip port (config ports.gossip)")
@@ -79,6 +81,7 @@ var nodeFlagKeys = map[string]string{
 	"bind":        "node.bind",
 	"join":        "node.join",
 	"role":        "node.role",
+	"priority":    "node.priority",
 	"preset":      "node.preset",
 	"key-file":    "node.key_file",
 	"gossip-port": "ports.gossip",

@@ -134,8 +134,13 @@ func (n *Node) appInfo(ctx context.Context, a *state.App) api.AppInfo {
 }
 
 func baseInfo(a *state.App) api.AppInfo {
+	var service string
+	if sv := a.Spec.Service; sv != nil {
+		service = fmt.Sprintf("%s → %s (%s, journal %s)", sv.Listen, sv.Target, sv.Framing, sv.Journal)
+	}
 	info := api.AppInfo{
-		Name: a.Spec.Name, OP: a.OP, Term: a.Term, Args: a.Spec.Args,
+		Service: service,
+		Name:    a.Spec.Name, OP: a.OP, Term: a.Term, Args: a.Spec.Args,
 		Replicas: a.Spec.Replicas, Interval: api.Duration(a.Spec.Interval), DataPaths: a.Spec.DataPaths,
 		Clones: []api.CloneInfo{},
 	}
@@ -164,6 +169,11 @@ func (n *Node) localInfo(a *state.App, r *runner) api.AppInfo {
 	now := time.Now()
 	for _, c := range app.Clones {
 		info.Clones = append(info.Clones, n.health.view(a.Spec.Name, c, newest, newestAt, interval, now))
+	}
+	if svc := r.service(); svc != nil {
+		info.Service = fmt.Sprintf("%s → %s (%s, journal %s)", svc.p.Addr(), svc.spec.Target, svc.spec.Framing, svc.spec.Journal)
+		entries, _ := svc.j.Backlog()
+		info.JournalBacklog = int64(entries)
 	}
 	_ = lastErr
 	return info
@@ -293,7 +303,16 @@ func (n *Node) Run(ctx context.Context, req api.RunRequest) (api.AppInfo, error)
 	}
 	spec := state.AppSpec{
 		Name: req.Name, Args: req.Args, Dir: req.Dir, Env: req.Env, DataPaths: req.DataPaths,
-		Replicas: req.Replicas, Interval: interval,
+		Replicas: req.Replicas, Interval: interval, Policy: req.Policy,
+	}
+	if sv := req.Service; sv != nil {
+		spec.Service = &state.ServiceSpec{Listen: sv.Listen, Target: sv.Target, Framing: sv.Framing, Journal: sv.Journal}
+		if spec.Service.Framing == "" {
+			spec.Service.Framing = "line"
+		}
+		if spec.Service.Journal == "" {
+			spec.Service.Journal = "sync"
+		}
 	}
 	app, err := n.submit(ctx, submitRequest{Spec: spec, Preferred: n.cfg.Name})
 	if err != nil {

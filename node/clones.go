@@ -119,6 +119,8 @@ func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
 		return
 	}
 	n.metrics.received(app, stats)
+	// The journal before the barrier is in this epoch.
+	n.cloneJournal(app).Trim(ep.Manifest.Barrier)
 	n.log.Debug("epoch received", "app", app, "epoch", ep.Manifest.Epoch, "bytes", stats.WireRecv)
 	if _, err := n.engine.Store().GC(ctx); err != nil {
 		n.log.Warn("gc after receive", "app", app, "err", err)

@@ -226,6 +226,8 @@ func (n *Node) registerPeerHandlers() {
 	n.peers.Handle(rpcPrepare, n.handlePrepare)
 	n.peers.HandleStream(streamInit, n.handleInit)
 	n.peers.HandleStream(streamEpoch, n.handleEpoch)
+	n.peers.HandleStream(streamJournal, n.handleJournal)
+	n.peers.Handle(rpcJournal, n.handleJournalSince)
 }
 
 // watchMembers turns membership changes into events, metrics and, on the
@@ -271,6 +273,7 @@ func (n *Node) reconcile() {
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	n.reconcileServers(ctx)
+	n.promoteLost(ctx)
 	n.reconcileClones(ctx)
 }
 
@@ -377,6 +380,9 @@ func (n *Node) reconcileLocal(st state.State) {
 		default:
 			n.fence(name, app)
 		}
+		if app.OP != n.cfg.Name && !app.IsMember(n.cfg.Name) {
+			n.dropJournal(name)
+		}
 	}
 	for name, r := range n.runners {
 		if _, ok := st.Apps[name]; !ok {
@@ -384,6 +390,13 @@ func (n *Node) reconcileLocal(st state.State) {
 			go r.stop(true)
 		}
 	}
+	n.jmu.Lock()
+	for name := range n.journals {
+		if _, ok := st.Apps[name]; !ok {
+			delete(n.journals, name)
+		}
+	}
+	n.jmu.Unlock()
 }
 
 // fence kills a local copy of an app whose OP is another node (or none):

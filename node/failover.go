@@ -29,7 +29,8 @@ func (n *Node) electCandidates(a *state.App) []failover.Candidate {
 			Alive:   known && m.State == membership.StateAlive,
 			Worker:  known && m.Meta.Role == RoleWorker,
 			Drained: drained[c] || m.Meta.Drained,
-			MemFree: m.Meta.MemFree,
+			MemFree:  m.Meta.MemFree,
+			Priority: m.Meta.Priority,
 		}
 		if ack.Term == a.Term {
 			cand.Acked = ack.Epoch

@@ -70,6 +70,13 @@ func (b *healthBook) failed(app, clone string, err error, bytes int64, at time.T
 	h.ErrorAt = at
 }
 
+// ackedEpoch is the newest epoch a clone acknowledged.
+func (b *healthBook) ackedEpoch(app, clone string) uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.get(app, clone).Acked
+}
+
 // forget drops clones no longer in the app's set (or the whole app when
 // keep is nil).
 func (b *healthBook) forget(app string, keep []string) {

@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"doppel/failover/journal"
 	"doppel/node/api"
 	"doppel/node/peer"
 	"doppel/node/peer/membership"
@@ -43,6 +44,9 @@ type Config struct {
 	Name string
 	// Role is RoleWorker or RoleWitness.
 	Role string
+	// Priority ranks this node among clones holding the same epoch when
+	// one is promoted: higher first.
+	Priority int
 	// BindIP is the address gossip, raft and the peer transport listen on.
 	BindIP string
 	// Ports on BindIP.
@@ -65,6 +69,9 @@ type Config struct {
 	RateLimit int64
 	// Interval is the default checkpoint interval of apps submitted here.
 	Interval time.Duration
+	// FenceLease is how long an OP may go without contact with a majority
+	// of the cluster before it freezes its apps and closes their services.
+	FenceLease time.Duration
 	// Engine configures checkpoints and restores; its StateDir is set
 	// from StateDir.
 	Engine replicate.Config
@@ -88,6 +95,7 @@ func DefaultConfig() Config {
 		Socket:     api.DefaultSocket,
 		Preset:     "lan",
 		Interval:   5 * time.Second,
+		FenceLease: 3 * time.Second,
 		Engine:     replicate.DefaultConfig(),
 		Version:    "dev",
 	}
@@ -116,6 +124,9 @@ type Node struct {
 	runners map[string]*runner // apps this node is the OP of
 
 	inits pendingInits
+
+	jmu      sync.Mutex
+	journals map[string]*journal.Journal // apps this node clones: the OP's journal
 }
 
 // advertise is the IP others reach this node on.
@@ -157,6 +168,9 @@ func (c Config) Validate() error {
 	if c.Key.IsZero() {
 		return errors.New("no cluster key (create one with doppel init)")
 	}
+	if c.FenceLease <= 0 {
+		return fmt.Errorf("fence lease %s must be positive", c.FenceLease)
+	}
 	if c.Interval < 100*time.Millisecond {
 		return fmt.Errorf("interval %s is too short (at least 100ms)", c.Interval)
 	}
@@ -165,7 +179,7 @@ func (c Config) Validate() error {
 
 // New starts a node: its engine, peer transport, raft, membership and
 // local API. Serve then drives it until its context ends.
-func New(cfg Config) (n *Node, err error) {
+func New(cfg Config) (_ *Node, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -180,7 +194,7 @@ func New(cfg Config) (n *Node, err error) {
 	if err := criu.SetChildSubreaper(); err != nil {
 		return nil, fmt.Errorf("become a child subreaper: %w", err)
 	}
-	n = &Node{
+	n := &Node{
 		cfg:     cfg,
 		log:     log,
 		events:  newEventBus(500),
@@ -319,13 +333,15 @@ func (n *Node) meta() membership.Meta {
 		Peer:     hostPort(adv, n.cfg.PeerPort),
 		Raft:     hostPort(adv, n.cfg.RaftPort),
 		Drained:  drained,
+		Priority: n.cfg.Priority,
 	}
 }
 
 // Serve drives the node until ctx ends, then shuts it down cleanly: apps
 // keep running, the node leaves the gossip, raft and the API stop.
 func (n *Node) Serve(ctx context.Context) error {
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go func() { defer n.wg.Done(); n.gossipMeta() }()
 	go func() { defer n.wg.Done(); n.watchMembers() }()
 	go func() { defer n.wg.Done(); n.watchState() }()
 	go func() { defer n.wg.Done(); n.leaderLoop() }()
@@ -361,6 +377,22 @@ func (n *Node) shutdown() error {
 	err := n.engine.Close()
 	n.log.Info("node stopped")
 	return err
+}
+
+// gossipMeta refreshes this node's gossiped load, memory and drain state.
+func (n *Node) gossipMeta() {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+			if err := n.members.UpdateMeta(); err != nil && n.ctx.Err() == nil {
+				n.log.Debug("gossip meta", "err", err)
+			}
+		}
+	}
 }
 
 // publish sends an event to API subscribers and the log.

@@ -5,10 +5,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sync"
 	"time"
 
+	"doppel/failover/journal"
+	"doppel/failover/proxy"
 	"doppel/node/api"
 	"doppel/node/state"
 	"doppel/replicate"
@@ -16,24 +19,35 @@ import (
 	"doppel/replicate/wire"
 )
 
-// runner runs one app on its OP node: starts or restores it, checkpoints it
-// every interval (or on demand), and streams each epoch to the clones.
+// runner runs one app on its OP node: starts or restores it (replaying the
+// journal of its service), checkpoints it every interval (or on demand),
+// streams each epoch to the clones, and fences it when this node loses the
+// cluster's majority.
 type runner struct {
 	n    *Node
 	name string
 
 	mu       sync.Mutex
 	app      *state.App // newest placement seen
-	status   string     // api.App* state
+	status   string     // api.App* state, or "fenced"
 	lastErr  string
 	newest   uint64
 	newestAt time.Time
+	svc      *appService      // the app's ingress, when it declares a service
+	journal  *journal.Journal // the OP's journal; outlives svc across fencing and restarts
+	barriers map[uint64]uint64
+
+	fenced        bool
+	noQuorumSince time.Time
 
 	kick   chan chan checkpointResult
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// statusFenced is an app frozen by its OP for lack of a majority.
+const statusFenced = "fenced"
 
 type checkpointResult struct {
 	ep  *store.Epoch
@@ -43,7 +57,7 @@ type checkpointResult struct {
 func (n *Node) newRunner(app *state.App) *runner {
 	ctx, cancel := context.WithCancel(n.ctx)
 	return &runner{
-		n: n, name: app.Spec.Name, app: app.Clone(), status: api.AppStarting,
+		n: n, name: app.Spec.Name, app: app.Clone(), status: api.AppStarting, barriers: map[uint64]uint64{},
 		kick: make(chan chan checkpointResult), ctx: ctx, cancel: cancel, done: make(chan struct{}),
 	}
 }
@@ -54,14 +68,20 @@ func (r *runner) start() { go r.loop() }
 func (r *runner) update(app *state.App) {
 	r.mu.Lock()
 	r.app = app.Clone()
+	svc := r.svc
 	r.mu.Unlock()
 	r.n.health.forget(r.name, app.Clones)
+	if svc != nil {
+		svc.setClones(app.Clones)
+	}
 }
 
-// stop ends the runner; kill also kills the app's local copy.
+// stop ends the runner and closes the service; kill also kills the app's
+// local copy.
 func (r *runner) stop(kill bool) {
 	r.cancel()
 	<-r.done
+	r.closeService()
 	if kill {
 		if st, err := r.n.engine.App(r.name); err == nil && st.Running() {
 			if err := r.n.engine.Stop(context.Background(), r.name); err != nil {
@@ -71,6 +91,22 @@ func (r *runner) stop(kill bool) {
 			}
 		}
 	}
+}
+
+func (r *runner) closeService() {
+	r.mu.Lock()
+	svc := r.svc
+	r.svc = nil
+	r.mu.Unlock()
+	if svc != nil {
+		svc.close()
+	}
+}
+
+func (r *runner) service() *appService {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.svc
 }
 
 func (r *runner) snapshot() (app *state.App, status, lastErr string, newest uint64, newestAt time.Time) {
@@ -105,18 +141,81 @@ func (r *runner) loop() {
 		}
 		break
 	}
+	// The majority is checked several times per lease, so that an OP cut
+	// off from the cluster freezes its app within the lease.
+	lease := r.n.cfg.FenceLease
+	quorum := time.NewTicker(max(lease/4, 50*time.Millisecond))
+	defer quorum.Stop()
+	next := time.NewTimer(r.interval())
+	defer next.Stop()
 	for {
 		var reply chan checkpointResult
 		select {
 		case <-r.ctx.Done():
 			return
+		case <-quorum.C:
+			r.checkQuorum(lease)
+			continue
 		case reply = <-r.kick:
-		case <-time.After(r.interval()):
+		case <-next.C:
 		}
-		ep, err := r.checkpoint()
+		var ep *store.Epoch
+		err := fmt.Errorf("%w: %s is fenced on %s: no contact with a majority of the cluster", api.ErrUnavailable, r.name, r.n.cfg.Name)
+		if !r.isFenced() {
+			ep, err = r.checkpoint()
+		}
 		if reply != nil {
 			reply <- checkpointResult{ep, err}
 		}
+		next.Reset(r.interval())
+	}
+}
+
+func (r *runner) isFenced() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fenced
+}
+
+// checkQuorum fences the app (freezes it, closes its service) once this
+// node has had no majority for the lease, and lifts the fence when the
+// majority is back and this node is still the OP (if another node became
+// OP meanwhile, the new term makes this node kill its copy).
+func (r *runner) checkQuorum(lease time.Duration) {
+	n := r.n
+	ok := n.cluster.HasQuorum()
+	r.mu.Lock()
+	switch {
+	case ok:
+		r.noQuorumSince = time.Time{}
+	case r.noQuorumSince.IsZero():
+		r.noQuorumSince = time.Now()
+	}
+	since, fenced := r.noQuorumSince, r.fenced
+	r.mu.Unlock()
+	switch {
+	case !ok && !fenced && time.Since(since) >= lease:
+		r.closeService()
+		if err := n.engine.Freeze(r.ctx, r.name); err != nil {
+			n.log.Error("fence: freeze", "app", r.name, "err", err)
+		}
+		r.mu.Lock()
+		r.fenced, r.status = true, statusFenced
+		r.mu.Unlock()
+		n.log.Warn("fenced: no majority", "app", r.name, "for", time.Since(since).Round(time.Millisecond))
+		n.publish(api.Event{Kind: api.KindError, App: r.name, Message: fmt.Sprintf("%s fenced on %s: no contact with a majority for %s; frozen, service closed", r.name, n.cfg.Name, lease)})
+	case ok && fenced:
+		if err := n.engine.Thaw(r.name); err != nil {
+			n.log.Error("unfence: thaw", "app", r.name, "err", err)
+		}
+		r.mu.Lock()
+		r.fenced, r.status = false, api.AppRunning
+		app := r.app.Clone()
+		r.mu.Unlock()
+		if err := r.openService(app, nil, 0); err != nil {
+			r.setStatus(api.AppFailed, err)
+		}
+		n.publish(api.Event{Kind: api.KindApp, App: r.name, Message: fmt.Sprintf("%s unfenced on %s: majority back", r.name, n.cfg.Name)})
 	}
 }
 
@@ -150,34 +249,50 @@ func (r *runner) interval() time.Duration {
 }
 
 // ensureRunning starts the app, or restores it from this node's newest
-// epoch when it has one (a restart, a restore, or a promotion), unless it
-// already runs here.
+// epoch when it has one (a restart, a restore, or a promotion) and replays
+// the journal after that epoch's barrier, unless it already runs here; then
+// it opens the app's service.
 func (r *runner) ensureRunning() error {
 	app, _, _, _, _ := r.snapshot()
 	e := r.n.engine
 	if st, err := e.App(r.name); err == nil && st.Running() {
 		r.setStatus(api.AppRunning, nil)
-		return nil
+		// A daemon restart lost the journal: a new one starts above every
+		// sequence number used before.
+		return r.openService(app, nil, 0)
 	}
 	if latest, err := e.Store().Latest(r.name); err == nil && latest > 0 {
 		if _, err := e.App(r.name); err != nil {
 			return fmt.Errorf("restore %s: epochs but no registration here: %w", r.name, err)
 		}
 		r.setStatus(api.AppRestoring, nil)
+		start := time.Now()
 		st, ep, err := e.Restore(r.ctx, r.name, replicate.RestoreOptions{Force: true})
 		if err != nil {
 			return err
 		}
 		r.mu.Lock()
 		r.newest, r.newestAt = ep.Manifest.Epoch, ep.Manifest.Created
+		j := r.journal
 		r.mu.Unlock()
+		if j == nil && app.Spec.Service != nil {
+			// Promoted: the journal this node kept as a clone, completed
+			// with what the other clones hold.
+			j = r.n.gatherJournal(r.ctx, app)
+		}
+		if err := r.openService(app, j, ep.Manifest.Barrier); err != nil {
+			return err
+		}
 		r.setStatus(api.AppRunning, nil)
 		r.n.publish(api.Event{Kind: api.KindApp, App: r.name, Epoch: ep.Manifest.Epoch,
-			Message: fmt.Sprintf("%s restored on %s from epoch %d (pid %d, term %d)", r.name, r.n.cfg.Name, ep.Manifest.Epoch, st.Pid, app.Term)})
+			Message: fmt.Sprintf("%s restored on %s from epoch %d (pid %d, term %d) in %s", r.name, r.n.cfg.Name, ep.Manifest.Epoch, st.Pid, app.Term, time.Since(start).Round(time.Millisecond))})
 		return nil
 	}
 	st, err := e.Run(r.ctx, toEngineSpec(app.Spec))
 	if err != nil {
+		return err
+	}
+	if err := r.openService(app, nil, 0); err != nil {
 		return err
 	}
 	r.setStatus(api.AppRunning, nil)
@@ -185,19 +300,99 @@ func (r *runner) ensureRunning() error {
 	return nil
 }
 
-// checkpoint takes an epoch and replicates it to every clone in parallel.
+// openService replays journal j after barrier into the app (j nil: a new
+// journal), then opens the app's service, if it declares one.
+func (r *runner) openService(app *state.App, j *journal.Journal, barrier uint64) error {
+	sv := app.Spec.Service
+	if sv == nil || r.service() != nil {
+		return nil
+	}
+	r.mu.Lock()
+	if j == nil {
+		j = r.journal
+	}
+	r.mu.Unlock()
+	if j == nil {
+		j = journal.New(uint64(time.Now().UnixNano()))
+	}
+	if err := waitListening(r.ctx, sv.Target, 30*time.Second); err != nil {
+		return fmt.Errorf("service of %s: the app does not listen on %s: %w", r.name, sv.Target, err)
+	}
+	if entries := j.Since(barrier); barrier > 0 && len(entries) > 0 {
+		start := time.Now()
+		n, err := proxy.Replay(r.ctx, sv.Target, entries, 5*time.Second)
+		if err != nil {
+			return fmt.Errorf("replay the journal of %s: %w", r.name, err)
+		}
+		r.n.publish(api.Event{Kind: api.KindApp, App: r.name,
+			Message: fmt.Sprintf("replayed %d journaled message(s) into %s in %s", n, r.name, time.Since(start).Round(time.Millisecond))})
+	}
+	r.n.dropJournal(r.name)
+	svc, err := r.n.startService(r.name, *sv, j, app.Clones)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.svc, r.journal = svc, j
+	r.mu.Unlock()
+	return nil
+}
+
+// waitListening waits until addr accepts connections.
+func waitListening(ctx context.Context, addr string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		d := net.Dialer{Timeout: time.Second}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// died handles an app that exited by itself on this healthy node, by its
+// policy: restart (restore here from the newest epoch, replaying the
+// journal), failover (promote a clone), or none.
+func (r *runner) died(app *state.App) error {
+	r.closeService()
+	switch app.Spec.Policy {
+	case state.PolicyNone:
+		return fmt.Errorf("%s exited (policy none: its newest epoch is kept; doppel restore %s)", r.name, r.name)
+	case state.PolicyFailover:
+		r.n.publish(api.Event{Kind: api.KindApp, App: r.name, Message: fmt.Sprintf("%s exited on %s: failing over (policy failover)", r.name, r.n.cfg.Name)})
+		if _, err := r.n.promote(r.ctx, app, "", "the app exited on "+r.n.cfg.Name); err != nil {
+			return fmt.Errorf("%s exited and no clone could take over: %w", r.name, err)
+		}
+		return nil
+	}
+	r.n.publish(api.Event{Kind: api.KindApp, App: r.name, Message: fmt.Sprintf("%s exited on %s: restoring it from its newest epoch (policy restart)", r.name, r.n.cfg.Name)})
+	return r.ensureRunning()
+}
+
+// checkpoint takes an epoch (pausing the service at a message boundary)
+// and replicates it to every clone in parallel.
 func (r *runner) checkpoint() (*store.Epoch, error) {
 	app, _, _, _, _ := r.snapshot()
 	n := r.n
 	st, err := n.engine.App(r.name)
 	if err == nil && !st.Running() {
-		err = fmt.Errorf("%s exited (its newest epoch is kept; doppel restore %s)", r.name, r.name)
+		if err = r.died(app); err == nil {
+			err = fmt.Errorf("%w: %s was restarted; try again", api.ErrUnavailable, r.name)
+		}
 	}
 	if err != nil {
 		r.setStatus(api.AppFailed, err)
 		return nil, err
 	}
-	ep, err := n.engine.Checkpoint(r.ctx, r.name, replicate.CheckpointOptions{
+	svc := r.service()
+	opts := replicate.CheckpointOptions{
 		Observer: func(ev replicate.Event) {
 			n.publish(api.Event{Kind: api.KindPhase, App: ev.App, Epoch: ev.Epoch, Phase: string(ev.Phase),
 				End: ev.End, DurationMs: float64(ev.Duration.Microseconds()) / 1000, Message: ev.Err, Time: ev.Time})
@@ -205,7 +400,12 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 				n.metrics.phase(string(ev.Phase), ev.Duration)
 			}
 		},
-	})
+	}
+	if svc != nil {
+		opts.Barrier = svc.pause
+		opts.Resume = svc.resume
+	}
+	ep, err := n.engine.Checkpoint(r.ctx, r.name, opts)
 	if err != nil {
 		if r.ctx.Err() == nil {
 			n.publish(api.Event{Kind: api.KindError, App: r.name, Message: err.Error()})
@@ -216,12 +416,13 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 	r.mu.Lock()
 	r.newest, r.newestAt = m.Epoch, m.Created
 	r.status = api.AppRunning
+	r.barriers[m.Epoch] = m.Barrier
 	r.mu.Unlock()
 	n.metrics.epoch(r.name, m)
 	n.publish(api.Event{Kind: api.KindEpoch, App: r.name, Epoch: m.Epoch,
 		Message: fmt.Sprintf("epoch %d: %d of %d pages changed, %d bytes stored", m.Epoch, m.Pages.Changed, m.Pages.Scanned, m.Bytes.Stored),
 		Fields: map[string]any{"pages_changed": m.Pages.Changed, "pages_scanned": m.Pages.Scanned, "bytes_stored": m.Bytes.Stored,
-			"frozen_ms": float64(m.CRIUStats["frozen_time"]) / 1000}})
+			"frozen_ms": float64(m.CRIUStats["frozen_time"]) / 1000, "barrier": m.Barrier}})
 
 	var wg sync.WaitGroup
 	for _, clone := range app.Clones {
@@ -232,7 +433,32 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 		}()
 	}
 	wg.Wait()
+	r.trimJournal(app.Clones)
 	return ep, nil
+}
+
+// trimJournal drops the journal entries every clone has in an epoch.
+func (r *runner) trimJournal(clones []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.journal == nil || len(clones) == 0 {
+		return
+	}
+	oldest := uint64(0)
+	for i, c := range clones {
+		acked := r.n.health.ackedEpoch(r.name, c)
+		if i == 0 || acked < oldest {
+			oldest = acked
+		}
+	}
+	if b, ok := r.barriers[oldest]; ok && oldest > 0 {
+		r.journal.Trim(b)
+	}
+	for e := range r.barriers {
+		if e < oldest {
+			delete(r.barriers, e)
+		}
+	}
 }
 
 // send streams one epoch to one clone and records its acknowledgement.

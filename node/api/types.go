@@ -179,8 +179,6 @@ type RunRequest struct {
 	// node: "restart" (restore it there from its newest epoch, the
 	// default), "failover" (promote a clone), or "none".
 	Policy string `json:"policy,omitempty"`
-	// Priority ranks this node when a clone is elected: higher first.
-	Priority int `json:"priority,omitempty"`
 }
 
 // Service is an app's service as clients reach it.

@@ -46,6 +46,9 @@ type Node struct {
 	Name string `mapstructure:"name"`
 	// Role is worker (hosts apps and clones) or witness (votes only).
 	Role string `mapstructure:"role"`
+	// Priority ranks this node among clones holding the same epoch when
+	// one is promoted: higher first.
+	Priority int `mapstructure:"priority"`
 	// StateDir holds epochs, clones and the node's own state. Absolute.
 	StateDir string `mapstructure:"state_dir"`
 	// Bind is the IP address gossip, raft and peer streams listen on.
@@ -116,6 +119,7 @@ func DefaultConfig() Config {
 		Node: Node{
 			Name:     "",
 			Role:     "worker",
+			Priority: 0,
 			StateDir: "/var/lib/doppel",
 			Bind:     "0.0.0.0",
 			Join:     []string{},

@@ -33,6 +33,9 @@ type Meta struct {
 	Raft string `json:"raft,omitempty"`
 	// Drained nodes accept no new apps or clones.
 	Drained bool `json:"drained,omitempty"`
+	// Priority ranks the node among clones of equal state when one is
+	// promoted: higher first.
+	Priority int `json:"prio,omitempty"`
 }
 
 // MaxMetaSize is memberlist's limit for node metadata.
