@@ -41,7 +41,8 @@ type Update struct {
 	Seq     uint64    `json:"seq"`
 	Time    time.Time `json:"time"`
 	Changes []Change  `json:"changes"`
-	// Graph is the graph after the changes. It is shared: do not modify.
+	// Graph is the graph after the changes, nil in the last Update after
+	// the root exited. It is shared: do not modify.
 	Graph *Graph `json:"-"`
 }
 
