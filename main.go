@@ -98,7 +98,7 @@ func newRoot(a *app) *cobra.Command {
 	root.AddCommand(newDoctorCmd(a), newVersionCmd(), newInitCmd(a), newNodeCmd(a),
 		newStatusCmd(a), newNodesCmd(a), newLsCmd(a),
 		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newFailoverCmd(a), newStopCmd(a), newRmCmd(a),
-		newEpochsCmd(a), newExportCmd(a), newImportCmd(a))
+		newEpochsCmd(a), newExportCmd(a), newImportCmd(a), newInspectCmd(a))
 	return root
 }
 
