@@ -80,11 +80,11 @@ func (s *scanner) pid(p int) string {
 	return ProcessID(p)
 }
 
-// buildEdges derives the dependency edges from the nodes, in node order, so
-// that the same tree gives the same edge order.
+// buildEdges derives the dependency edges from the nodes, in the order the
+// scan created them (processes in discovery order, their descriptors by
+// number), so that the same tree gives the same edge order.
 func (s *scanner) buildEdges() {
-	slices.SortFunc(s.nodes, nodeCmp)
-	s.sorted = len(s.nodes)
+
 	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, 64)}
 	s.g.Edges = make([]Edge, 0, len(s.nodes)*2)
 	s.internal = map[string]bool{}

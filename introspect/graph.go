@@ -135,7 +135,8 @@ type Graph struct {
 	// Nodes are ordered: processes by pid, then resources by kind and ID.
 	Nodes []*Node `json:"nodes"`
 	// Edges come in a fixed order for a given tree: parent/child edges
-	// first, then the edges of each node in node order.
+	// first, then the edges of each resource in the order the scan found
+	// them.
 	Edges []Edge `json:"edges"`
 
 	index map[string]*Node

@@ -151,7 +151,6 @@ type scanner struct {
 	pipes   map[uint64]*Node
 	files   map[string]*Node // "file:PATH" nodes by path
 	slab    []Node           // nodes are allocated from it in blocks
-	sorted  int              // s.nodes[:sorted] is in order
 	// internal holds the IDs of inet sockets whose peer is a socket of
 	// the tree.
 	internal map[string]bool
@@ -236,6 +235,9 @@ func (s *scanner) run(ctx context.Context, root int) error {
 		if kids != nil {
 			children = kids[pid]
 		}
+		// Children in pid order: both ways of discovery give the same
+		// order, and so the same node and edge order.
+		slices.Sort(children)
 		for _, c := range children {
 			if !seen[c] {
 				seen[c] = true
@@ -959,20 +961,10 @@ func (s *scanner) findOutsideHolders() {
 	}
 }
 
-// finish fills the Graph with the nodes in order. buildEdges sorted the
-// nodes it found; the ones it added (peers, outside processes) are sorted
-// and merged in.
+// finish fills the Graph with the nodes in order.
 func (s *scanner) finish() {
-	head, tail := s.nodes[:s.sorted], s.nodes[s.sorted:]
-	slices.SortFunc(tail, nodeCmp)
-	s.g.Nodes = make([]*Node, 0, len(s.nodes))
-	for len(head) > 0 || len(tail) > 0 {
-		var n *Node
-		if len(tail) == 0 || (len(head) > 0 && nodeCmp(head[0], tail[0]) <= 0) {
-			n, head = head[0], head[1:]
-		} else {
-			n, tail = tail[0], tail[1:]
-		}
+	slices.SortFunc(s.nodes, nodeCmp)
+	for _, n := range s.nodes {
 		if len(n.Holders) > 1 {
 			slices.SortFunc(n.Holders, func(a, b Holder) int {
 				if a.PID != b.PID {
@@ -981,8 +973,8 @@ func (s *scanner) finish() {
 				return cmp.Compare(a.FD, b.FD)
 			})
 		}
-		s.g.Nodes = append(s.g.Nodes, n)
 	}
+	s.g.Nodes = s.nodes
 	s.g.index = s.byID
 	slices.SortStableFunc(s.g.Problems, func(a, b Problem) int { return strings.Compare(a.Node, b.Node) })
 }
