@@ -28,6 +28,10 @@ type CheckpointOptions struct {
 	Barrier func(ctx context.Context) (uint64, error)
 	// Resume is called as soon as the app runs again (success or not).
 	Resume func()
+	// Final ends the app with the checkpoint: CRIU kills the tree once it
+	// is dumped (a relocation's last epoch), so nothing runs after the
+	// barrier. If the dump fails the app is resumed as usual.
+	Final bool
 }
 
 // Checkpoint captures a running app as a new epoch: PSB (freeze the app's
@@ -161,7 +165,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 		Pid:          st.Pid,
 		ImagesDir:    imgDir,
 		WorkDir:      filepath.Dir(imgDir),
-		LeaveRunning: true,
+		LeaveRunning: !opts.Final,
 		FreezeCgroup: cg.Path,
 	})
 	thaw()
