@@ -415,6 +415,14 @@ func (c *testCluster) cleanup() {
 		}
 		d.logf.Close()
 	}
+	// An app left frozen (a daemon that died in the middle of a checkpoint
+	// or a kill) ignores SIGKILL in a cgroup v1 freezer until thawed.
+	for _, a := range c.apps {
+		if err := os.WriteFile(filepath.Join("/sys/fs/cgroup/freezer/doppel", a, "freezer.state"), []byte("THAWED"), 0); err == nil {
+			continue
+		}
+		_ = os.WriteFile(filepath.Join("/sys/fs/cgroup/doppel", a, "cgroup.freeze"), []byte("0"), 0)
+	}
 	if left := killProcesses(c.dir); len(left) > 0 {
 		t.Logf("cleanup: killed %d process(es) left running: %s", len(left), strings.Join(left, "; "))
 	}
