@@ -115,8 +115,15 @@ func (n *Node) appInfo(ctx context.Context, a *state.App) api.AppInfo {
 			}
 		}
 	}
+	return stateInfo(a)
+}
+
+// stateInfo describes an app from the cluster state alone: stopped when
+// it has no OP, failed when its OP does not answer, and the clones with the
+// epochs they acknowledged.
+func stateInfo(a *state.App) api.AppInfo {
 	info := baseInfo(a)
-	info.State = api.AppUnplaced
+	info.State = api.AppStopped
 	if a.OP != "" {
 		info.State = api.AppFailed
 	}
@@ -126,9 +133,6 @@ func (n *Node) appInfo(ctx context.Context, a *state.App) api.AppInfo {
 		if ack.Epoch > info.NewestEpoch {
 			info.NewestEpoch = ack.Epoch
 		}
-	}
-	if a.OP == "" {
-		info.State = api.AppStopped
 	}
 	return info
 }
@@ -238,12 +242,7 @@ func (n *Node) appInfoLocal(a *state.App) api.AppInfo {
 	if r := n.runner(a.Spec.Name); r != nil {
 		return n.localInfo(a, r)
 	}
-	info := baseInfo(a)
-	info.State = api.AppStopped
-	if a.OP != "" {
-		info.State = api.AppFailed
-	}
-	return info
+	return stateInfo(a)
 }
 
 // Epochs implements api.Backend: the epochs this node holds, or the OP's.
@@ -318,7 +317,7 @@ func (n *Node) Run(ctx context.Context, req api.RunRequest) (api.AppInfo, error)
 	if err != nil {
 		return api.AppInfo{}, err
 	}
-	info := baseInfo(app)
+	info := stateInfo(app)
 	info.State = api.AppStarting
 	return info, nil
 }
@@ -339,7 +338,7 @@ func (n *Node) Checkpoint(ctx context.Context, name string) (api.EpochInfo, erro
 		}
 		var ei api.EpochInfo
 		err = n.peers.Call(ctx, addr, rpcCheckpoint, name, &ei)
-		return ei, err
+		return ei, fromPeer(err)
 	}
 	return n.checkpointLocal(ctx, name)
 }

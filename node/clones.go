@@ -104,6 +104,14 @@ func (n *Node) handleInit(ctx context.Context, s *peer.Stream) {
 	_ = s.CloseWrite()
 }
 
+// wireConfig is the epoch wire protocol's configuration, logging to the
+// node's log.
+func (n *Node) wireConfig() wire.Config {
+	cfg := wire.DefaultConfig()
+	cfg.Logger = n.log
+	return cfg
+}
+
 // handleEpoch receives an epoch into this node's store; the wire protocol
 // acknowledges only after it is verified and fsynced.
 func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
@@ -112,7 +120,7 @@ func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
 		n.log.Warn("epoch stream refused", "app", app, "peer", s.Peer(), "err", err)
 		return
 	}
-	ep, stats, err := wire.Receive(ctx, s, n.engine.Store(), wire.DefaultConfig())
+	ep, stats, err := wire.Receive(ctx, s, n.engine.Store(), n.wireConfig())
 	if err != nil {
 		n.log.Warn("epoch receive failed", "app", app, "peer", s.Peer(), "err", err)
 		n.publish(api.Event{Kind: api.KindError, App: app, Message: fmt.Sprintf("receive from %s: %v", s.Peer(), err)})

@@ -63,7 +63,37 @@ func (n *Node) applyOnce(ctx context.Context, cmd state.Command) error {
 	if err != nil {
 		return err
 	}
-	return n.peers.Call(ctx, addr, rpcApply, wireCommand{Type: cmd.Type, Cmd: cmd}, nil)
+	var rep applyReply
+	if err := n.peers.Call(ctx, addr, rpcApply, wireCommand{Type: cmd.Type, Cmd: cmd}, &rep); err != nil {
+		return fromPeer(err)
+	}
+	n.waitApplied(ctx, rep.Index)
+	return nil
+}
+
+// applyReply is the leader's answer to a forwarded command: the index of
+// its state once the command was applied.
+type applyReply struct {
+	Index uint64 `json:"index"`
+}
+
+// maxReadLag bounds how long a node waits for its own copy of the state
+// to catch up with a command it had the leader apply.
+const maxReadLag = 2 * time.Second
+
+// waitApplied waits (at most maxReadLag) until this node's state has
+// applied index, so that what a client reads from this node after a
+// change it made here includes the change.
+func (n *Node) waitApplied(ctx context.Context, index uint64) {
+	ctx, cancel := context.WithTimeout(ctx, maxReadLag)
+	defer cancel()
+	for n.cluster.State().Index < index {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // retryable errors mean "no leader right now": try again shortly.
@@ -74,6 +104,53 @@ func retryable(err error) bool {
 	}
 	return errors.Is(err, state.ErrNotLeader) || errors.Is(err, errNoLeader)
 }
+
+// apiCodes carry the API's error kinds across the peer transport, so that
+// a request forwarded to another node fails with the same kind as one
+// served locally.
+var apiCodes = []struct {
+	code string
+	err  error
+}{
+	{"api.not_found", api.ErrNotFound},
+	{"api.bad_request", api.ErrBadRequest},
+	{"api.conflict", api.ErrConflict},
+	{"api.unavailable", api.ErrUnavailable},
+}
+
+// toPeer marks a handler's error with the code of its API kind.
+func toPeer(err error) error {
+	for _, c := range apiCodes {
+		if errors.Is(err, c.err) {
+			return peer.WithCode(c.code, err)
+		}
+	}
+	return err
+}
+
+// fromPeer turns a peer's error marked by toPeer back into an error of the
+// same API kind, with the peer's message.
+func fromPeer(err error) error {
+	var rerr *peer.RemoteError
+	if !errors.As(err, &rerr) {
+		return err
+	}
+	for _, c := range apiCodes {
+		if rerr.Code == c.code {
+			return &forwardedError{kind: c.err, msg: rerr.Message}
+		}
+	}
+	return err
+}
+
+// forwardedError is an API error that another node returned.
+type forwardedError struct {
+	kind error
+	msg  string
+}
+
+func (e *forwardedError) Error() string { return e.msg }
+func (e *forwardedError) Unwrap() error { return e.kind }
 
 var errNoLeader = errors.New("no raft leader known")
 
@@ -110,6 +187,13 @@ type submitRequest struct {
 	Preferred string        `json:"preferred"`
 }
 
+// submitReply is the leader's answer to a submit: the app as placed and
+// the index of its state then.
+type submitReply struct {
+	App   state.App `json:"app"`
+	Index uint64    `json:"index"`
+}
+
 // submit registers a new app and places it: OP the preferred node when it
 // can host apps, clones on the best other workers.
 func (n *Node) submit(ctx context.Context, req submitRequest) (*state.App, error) {
@@ -123,10 +207,12 @@ func (n *Node) submit(ctx context.Context, req submitRequest) (*state.App, error
 		} else {
 			var addr string
 			if addr, err = n.leaderPeer(); err == nil {
-				var out state.App
+				var out submitReply
 				if err = n.peers.Call(ctx, addr, rpcSubmit, req, &out); err == nil {
-					app = &out
+					app = &out.App
+					n.waitApplied(ctx, out.Index)
 				}
+				err = fromPeer(err)
 			}
 		}
 		if err == nil || !retryable(err) {
@@ -196,8 +282,10 @@ func (n *Node) registerPeerHandlers() {
 			return nil, err
 		}
 		wc.Cmd.Type = wc.Type
-		_, err := n.cluster.Apply(ctx, wc.Cmd)
-		return nil, leaderError(err)
+		if _, err := n.cluster.Apply(ctx, wc.Cmd); err != nil {
+			return nil, toPeer(leaderError(err))
+		}
+		return applyReply{Index: n.cluster.State().Index}, nil
 	})
 	n.peers.Handle(rpcSubmit, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
 		var req submitRequest
@@ -207,21 +295,27 @@ func (n *Node) registerPeerHandlers() {
 		if !n.cluster.IsLeader() {
 			return nil, leaderError(state.ErrNotLeader)
 		}
-		return n.place(ctx, req)
+		app, err := n.place(ctx, req)
+		if err != nil {
+			return nil, toPeer(err)
+		}
+		return submitReply{App: *app, Index: n.cluster.State().Index}, nil
 	})
 	n.peers.Handle(rpcCheckpoint, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
 		var name string
 		if err := json.Unmarshal(raw, &name); err != nil {
 			return nil, err
 		}
-		return n.checkpointLocal(ctx, name)
+		ei, err := n.checkpointLocal(ctx, name)
+		return ei, toPeer(err)
 	})
 	n.peers.Handle(rpcDetail, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
 		var name string
 		if err := json.Unmarshal(raw, &name); err != nil {
 			return nil, err
 		}
-		return n.detailLocal(ctx, name)
+		d, err := n.detailLocal(ctx, name)
+		return d, toPeer(err)
 	})
 	n.peers.Handle(rpcPrepare, n.handlePrepare)
 	n.peers.HandleStream(streamInit, n.handleInit)
@@ -376,7 +470,7 @@ func (n *Node) reconcileLocal(st state.State) {
 			r.update(app)
 		case r != nil:
 			delete(n.runners, name)
-			go r.stop(true)
+			n.stopRunner(r)
 		default:
 			n.fence(name, app)
 		}
@@ -387,7 +481,7 @@ func (n *Node) reconcileLocal(st state.State) {
 	for name, r := range n.runners {
 		if _, ok := st.Apps[name]; !ok {
 			delete(n.runners, name)
-			go r.stop(true)
+			n.stopRunner(r)
 		}
 	}
 	n.jmu.Lock()
@@ -397,6 +491,17 @@ func (n *Node) reconcileLocal(st state.State) {
 		}
 	}
 	n.jmu.Unlock()
+}
+
+// stopRunner stops a runner and kills its app in the background; shutdown
+// waits for it, so that the daemon never exits in the middle of a kill
+// (which freezes the app first).
+func (n *Node) stopRunner(r *runner) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		r.stop(true)
+	}()
 }
 
 // fence kills a local copy of an app whose OP is another node (or none):

@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"doppel/failover/journal"
@@ -187,6 +188,8 @@ func New(cfg Config) (_ *Node, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// peer, state and membership name the node in their own log lines.
+	base := log
 	log = log.With("node", cfg.Name)
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -224,6 +227,9 @@ func New(cfg Config) (_ *Node, err error) {
 	ecfg := cfg.Engine
 	ecfg.StateDir = cfg.StateDir
 	if n.engine, err = replicate.New(ecfg, log); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("state directory %s is in use by another doppel node (%w)", cfg.StateDir, err)
+		}
 		return nil, err
 	}
 	closers = append(closers, func() { n.engine.Close() })
@@ -240,7 +246,7 @@ func New(cfg Config) (_ *Node, err error) {
 	pcfg.Key = cfg.Key
 	pcfg.NodeName = cfg.Name
 	pcfg.RateLimit = cfg.RateLimit
-	pcfg.Logger = log
+	pcfg.Logger = base
 	if n.peers, err = peer.Listen(pcfg); err != nil {
 		return nil, err
 	}
@@ -257,7 +263,7 @@ func New(cfg Config) (_ *Node, err error) {
 	scfg.TLS = cfg.Key.TLS()
 	scfg.Bootstrap = len(cfg.Join) == 0 && errors.Is(statErr, os.ErrNotExist)
 	scfg.Preset = cfg.Preset
-	scfg.Logger = log
+	scfg.Logger = base
 	if n.cluster, err = state.Open(scfg); err != nil {
 		return nil, err
 	}
@@ -277,7 +283,7 @@ func New(cfg Config) (_ *Node, err error) {
 		mcfg.Join = append(mcfg.Join, j)
 	}
 	mcfg.Meta = n.meta
-	mcfg.Logger = log
+	mcfg.Logger = base
 	if n.members, err = membership.JoinCluster(mcfg); err != nil {
 		return nil, err
 	}

@@ -529,7 +529,7 @@ func (r *runner) sendEpoch(app *state.App, clone string, epoch uint64) (wire.Sta
 		return wire.Stats{}, err
 	}
 	defer s.Close()
-	return wire.Send(ctx, s, n.engine.Store(), r.name, epoch, wire.DefaultConfig())
+	return wire.Send(ctx, s, n.engine.Store(), r.name, epoch, n.wireConfig())
 }
 
 // sendInit ships the app's init binary: an 8-byte size, the bytes, then
