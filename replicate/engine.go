@@ -10,10 +10,13 @@ package replicate
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -103,6 +106,13 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	}
 	if err := os.MkdirAll(cfg.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("work directory: %w", err)
+	}
+	if cfg.Freezer.Parent == freezer.DefaultConfig().Parent {
+		// Several engines on one machine (nodes of a test cluster, a demo)
+		// must never share an app's freezer cgroup: one per state
+		// directory.
+		sum := sha256.Sum256([]byte(cfg.StateDir))
+		cfg.Freezer.Parent = path.Join(cfg.Freezer.Parent, hex.EncodeToString(sum[:4]))
 	}
 	cfg.Store.Logger = log
 	st, err := store.Open(filepath.Join(cfg.StateDir, "store"), cfg.Store)
