@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -226,6 +227,162 @@ func newFailoverCmd(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "the clone node to promote (default: the one holding the newest epoch)")
 	cmd.Flags().BoolVar(&force, "force", false, "the operator vouches that the old OP is down")
 	cmd.Flags().DurationVar(&wait, "wait", 60*time.Second, "wait this long for the app to run on its new OP (0: return at once)")
+	return cmd
+}
+
+func newRelocateCmd(a *app) *cobra.Command {
+	var to string
+	cmd := &cobra.Command{
+		Use:   "relocate NAME --to NODE",
+		Short: "Move a running application to another node with the shortest pause (maintenance)",
+		Long: "Takes a warm-up epoch while the app runs, then at a barrier (service paused, app frozen) a last epoch whose " +
+			"delta goes to NODE, which restores it and opens the service; only then is the source copy gone. If anything " +
+			"fails before the switch, the app resumes on its node from that last epoch and nothing is lost.",
+		Args: nameArg,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return usageError{fmt.Errorf("relocate needs --to NODE (doppel nodes lists them)")}
+			}
+			c := a.client(cmd)
+			stop := showMove(cmd, c, args[0])
+			res, err := c.Relocate(cmd.Context(), args[0], to)
+			stop()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s moved from %s to %s (term %d, epoch %d): pause %.0f ms (source frozen → target serving), %s in the last epoch\n",
+				res.App, res.From, res.To, res.Term, res.Epoch, res.PauseMs, humanBytes(res.BytesSent))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "the node to move the app to")
+	return cmd
+}
+
+// showMove prints a relocation's phases as the daemon reports them, on a
+// terminal.
+func showMove(cmd *cobra.Command, c *api.Client, app string) func() {
+	bar := newProgressBar(cmd.ErrOrStderr(), "relocate")
+	if !bar.tty {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(cmd.Context())
+	w, err := c.Events(ctx)
+	if err != nil {
+		cancel()
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			ev, err := w.Next()
+			if err != nil {
+				return
+			}
+			if ev.App != app || (ev.Kind != api.KindRelocation && ev.Kind != api.KindPhase) {
+				continue
+			}
+			line := ev.Message
+			if ev.Kind == api.KindPhase {
+				if !ev.End {
+					continue
+				}
+				line = fmt.Sprintf("epoch %d %s %.1f ms", ev.Epoch, ev.Phase, ev.DurationMs)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "\r\033[K%s %s", time.Now().Format("15:04:05.000"), line)
+			bar.drawn = true
+		}
+	}()
+	return func() {
+		cancel()
+		w.Close()
+		<-done
+		bar.done()
+	}
+}
+
+func newDrainCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "drain NODE",
+		Short: "Move every application off a node, one at a time, and mark it not schedulable",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("drain needs exactly one NODE (doppel nodes)")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			res, err := a.client(cmd).Drain(cmd.Context(), args[0])
+			for _, m := range res.Moves {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s → %s, pause %.0f ms\n", m.App, m.From, m.To, m.PauseMs)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s drained (%d app(s) moved); doppel undrain %s makes it schedulable again\n", args[0], len(res.Moves), args[0])
+			return nil
+		},
+	}
+}
+
+func newUndrainCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "undrain NODE",
+		Short: "Make a drained node schedulable again",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("undrain needs exactly one NODE")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := a.client(cmd).Undrain(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s is schedulable\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newBalanceCmd(a *app) *cobra.Command {
+	var dry bool
+	cmd := &cobra.Command{
+		Use:   "balance --dry-run",
+		Short: "Show what the load balancer would do now",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !dry {
+				return usageError{fmt.Errorf("balance only supports --dry-run; the leader balances by itself when balance.enabled is true")}
+			}
+			p, err := a.client(cmd).Balance(cmd.Context())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			state := "off (balance.enabled: false)"
+			if p.Enabled {
+				state = "on"
+			}
+			fmt.Fprintf(w, "balancer %s\n", state)
+			names := make([]string, 0, len(p.Loads))
+			for n := range p.Loads {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				fmt.Fprintf(w, "  %-16s load %3.0f%%\n", n, p.Loads[n]*100)
+			}
+			if p.Move != nil {
+				fmt.Fprintf(w, "would move %s from %s to %s: %s\n", p.Move.App, p.Move.From, p.Move.To, p.Move.Reason)
+			} else {
+				fmt.Fprintf(w, "no move: %s\n", p.Reason)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dry, "dry-run", false, "print the move the balancer would make now, without making it")
 	return cmd
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"doppel/failover"
 	"doppel/node"
 	"doppel/node/peer"
 	"doppel/replicate"
@@ -47,6 +48,8 @@ func newNodeCmd(a *app) *cobra.Command {
 			nc.Engine.CRIU.Path = c.CRIU.Path
 			nc.Engine.CRIU.Prefix = c.CRIU.Prefix
 			nc.Engine.Store.Retention = c.Checkpoint.Retention
+			nc.Balance.Enabled = c.Balance.Enabled
+			nc.Balance.Config = failover.BalanceConfig{High: c.Balance.High, Low: c.Balance.Low, Window: c.Balance.Window, MinInterval: c.Balance.MinInterval}
 			nc.Version = version
 			nc.Logger = a.log
 			if err := nc.Validate(); err != nil {

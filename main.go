@@ -97,8 +97,11 @@ func newRoot(a *app) *cobra.Command {
 
 	root.AddCommand(newDoctorCmd(a), newVersionCmd(), newInitCmd(a), newNodeCmd(a),
 		newStatusCmd(a), newNodesCmd(a), newLsCmd(a),
-		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newFailoverCmd(a), newStopCmd(a), newRmCmd(a),
-		newEpochsCmd(a), newExportCmd(a), newImportCmd(a), newInspectCmd(a))
+		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newFailoverCmd(a), newRelocateCmd(a), newDrainCmd(a), newUndrainCmd(a), newBalanceCmd(a),
+		newStopCmd(a), newRmCmd(a),
+		newEpochsCmd(a), newExportCmd(a), newImportCmd(a), newInspectCmd(a),
+		newTUICmd(a), newDemoCmd(a), newDemoAppCmd())
+	root.RunE = rootRunE(a)
 	return root
 }
 

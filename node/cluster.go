@@ -322,6 +322,7 @@ func (n *Node) registerPeerHandlers() {
 	n.peers.HandleStream(streamEpoch, n.handleEpoch)
 	n.peers.HandleStream(streamJournal, n.handleJournal)
 	n.peers.Handle(rpcJournal, n.handleJournalSince)
+	n.peers.Handle(rpcRelocate, n.handleRelocate)
 }
 
 // watchMembers turns membership changes into events, metrics and, on the
@@ -369,6 +370,7 @@ func (n *Node) reconcile() {
 	n.reconcileServers(ctx)
 	n.promoteLost(ctx)
 	n.reconcileClones(ctx)
+	n.balanceOnce(ctx)
 }
 
 func (n *Node) reconcileServers(ctx context.Context) {

@@ -25,10 +25,10 @@ func (n *Node) electCandidates(a *state.App) []failover.Candidate {
 		m, known := members[c]
 		ack := a.Acked[c]
 		cand := failover.Candidate{
-			Node:    c,
-			Alive:   known && m.State == membership.StateAlive,
-			Worker:  known && m.Meta.Role == RoleWorker,
-			Drained: drained[c] || m.Meta.Drained,
+			Node:     c,
+			Alive:    known && m.State == membership.StateAlive,
+			Worker:   known && m.Meta.Role == RoleWorker,
+			Drained:  drained[c] || m.Meta.Drained,
 			MemFree:  m.Meta.MemFree,
 			Priority: m.Meta.Priority,
 		}

@@ -19,11 +19,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
+	"doppel/failover"
 	"doppel/failover/journal"
 	"doppel/node/api"
 	"doppel/node/peer"
@@ -70,6 +72,8 @@ type Config struct {
 	RateLimit int64
 	// Interval is the default checkpoint interval of apps submitted here.
 	Interval time.Duration
+	// Balance moves apps off nodes that stay loaded (leader only).
+	Balance BalanceConfig
 	// FenceLease is how long an OP may go without contact with a majority
 	// of the cluster before it freezes its apps and closes their services.
 	FenceLease time.Duration
@@ -97,9 +101,16 @@ func DefaultConfig() Config {
 		Preset:     "lan",
 		Interval:   5 * time.Second,
 		FenceLease: 3 * time.Second,
+		Balance:    BalanceConfig{Config: failover.DefaultBalanceConfig()},
 		Engine:     replicate.DefaultConfig(),
 		Version:    "dev",
 	}
+}
+
+// BalanceConfig turns the load balancer on and tunes it.
+type BalanceConfig struct {
+	Enabled bool
+	Config  failover.BalanceConfig
 }
 
 // Node is a running daemon.
@@ -125,6 +136,10 @@ type Node struct {
 	runners map[string]*runner // apps this node is the OP of
 
 	inits pendingInits
+
+	balancer *failover.Balancer
+	// loadOverride replaces gossiped loads in tests.
+	loadOverride func(node string) (float64, bool)
 
 	jmu      sync.Mutex
 	journals map[string]*journal.Journal // apps this node clones: the OP's journal
@@ -239,6 +254,9 @@ func New(cfg Config) (_ *Node, err error) {
 		}
 	}
 	n.metrics = newMetrics()
+	if cfg.Balance.Enabled {
+		n.balancer = failover.NewBalancer(cfg.Balance.Config)
+	}
 
 	adv := cfg.advertise()
 	pcfg := peer.DefaultConfig()
@@ -334,6 +352,7 @@ func (n *Node) meta() membership.Meta {
 		Version:  n.cfg.Version,
 		CRIU:     n.criu,
 		Load:     load,
+		CPUs:     runtime.NumCPU(),
 		MemFree:  memFree,
 		MemTotal: memTotal,
 		Peer:     hostPort(adv, n.cfg.PeerPort),

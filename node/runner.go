@@ -39,6 +39,7 @@ type runner struct {
 
 	fenced        bool
 	noQuorumSince time.Time
+	moving        bool // a relocation holds the app: no periodic epochs
 
 	kick   chan chan checkpointResult
 	ctx    context.Context
@@ -161,7 +162,10 @@ func (r *runner) loop() {
 		}
 		var ep *store.Epoch
 		err := fmt.Errorf("%w: %s is fenced on %s: no contact with a majority of the cluster", api.ErrUnavailable, r.name, r.n.cfg.Name)
-		if !r.isFenced() {
+		switch {
+		case r.isMoving():
+			err = fmt.Errorf("%w: %s is being relocated", api.ErrConflict, r.name)
+		case !r.isFenced():
 			ep, err = r.checkpoint()
 		}
 		if reply != nil {
@@ -169,6 +173,29 @@ func (r *runner) loop() {
 		}
 		next.Reset(r.interval())
 	}
+}
+
+func (r *runner) isMoving() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.moving
+}
+
+// beginMove reserves the app for a relocation; false when one runs.
+func (r *runner) beginMove() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.moving {
+		return false
+	}
+	r.moving = true
+	return true
+}
+
+func (r *runner) endMove() {
+	r.mu.Lock()
+	r.moving = false
+	r.mu.Unlock()
 }
 
 func (r *runner) isFenced() bool {
@@ -391,21 +418,41 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 		r.setStatus(api.AppFailed, err)
 		return nil, err
 	}
-	svc := r.service()
-	opts := replicate.CheckpointOptions{
-		Observer: func(ev replicate.Event) {
-			n.publish(api.Event{Kind: api.KindPhase, App: ev.App, Epoch: ev.Epoch, Phase: string(ev.Phase),
-				End: ev.End, DurationMs: float64(ev.Duration.Microseconds()) / 1000, Message: ev.Err, Time: ev.Time})
-			if ev.End {
-				n.metrics.phase(string(ev.Phase), ev.Duration)
-			}
-		},
-	}
-	if svc != nil {
+	opts := replicate.CheckpointOptions{}
+	if svc := r.service(); svc != nil {
 		opts.Barrier = svc.pause
 		opts.Resume = svc.resume
 	}
-	ep, err := n.engine.Checkpoint(r.ctx, r.name, opts)
+	ep, err := r.checkpointWith(r.ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	m := ep.Manifest
+	var wg sync.WaitGroup
+	for _, clone := range app.Clones {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.send(app, clone, m.Epoch)
+		}()
+	}
+	wg.Wait()
+	r.trimJournal(app.Clones)
+	return ep, nil
+}
+
+// checkpointWith takes an epoch, publishing its phases, and records it;
+// it does not replicate it.
+func (r *runner) checkpointWith(ctx context.Context, opts replicate.CheckpointOptions) (*store.Epoch, error) {
+	n := r.n
+	opts.Observer = func(ev replicate.Event) {
+		n.publish(api.Event{Kind: api.KindPhase, App: ev.App, Epoch: ev.Epoch, Phase: string(ev.Phase),
+			End: ev.End, DurationMs: float64(ev.Duration.Microseconds()) / 1000, Message: ev.Err, Time: ev.Time})
+		if ev.End {
+			n.metrics.phase(string(ev.Phase), ev.Duration)
+		}
+	}
+	ep, err := n.engine.Checkpoint(ctx, r.name, opts)
 	if err != nil {
 		if r.ctx.Err() == nil {
 			n.publish(api.Event{Kind: api.KindError, App: r.name, Message: err.Error()})
@@ -423,17 +470,6 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 		Message: fmt.Sprintf("epoch %d: %d of %d pages changed, %d bytes stored", m.Epoch, m.Pages.Changed, m.Pages.Scanned, m.Bytes.Stored),
 		Fields: map[string]any{"pages_changed": m.Pages.Changed, "pages_scanned": m.Pages.Scanned, "bytes_stored": m.Bytes.Stored,
 			"frozen_ms": float64(m.CRIUStats["frozen_time"]) / 1000, "barrier": m.Barrier}})
-
-	var wg sync.WaitGroup
-	for _, clone := range app.Clones {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.send(app, clone, m.Epoch)
-		}()
-	}
-	wg.Wait()
-	r.trimJournal(app.Clones)
 	return ep, nil
 }
 

@@ -35,6 +35,16 @@ type Backend interface {
 	// is down). An unknown app wraps ErrNotFound; no eligible clone wraps
 	// ErrConflict; no quorum without force wraps ErrUnavailable.
 	Failover(ctx context.Context, name, to string, force bool) (AppInfo, error)
+	// Relocate moves an app to node to with the shortest pause; an unknown
+	// app wraps ErrNotFound, a target that cannot take it (unknown, dead,
+	// drained, witness) or a move already running wraps ErrConflict.
+	Relocate(ctx context.Context, name, to string) (RelocateResult, error)
+	// Drain marks a node not schedulable and moves each app it runs, one
+	// at a time; Undrain reverses the mark.
+	Drain(ctx context.Context, node string) (DrainResult, error)
+	Undrain(ctx context.Context, node string) error
+	// Balance returns the move the balancer would make now.
+	Balance(ctx context.Context) (BalancePlan, error)
 	// Stop stops a running app, keeping its epochs and clones.
 	Stop(ctx context.Context, name string) error
 	// Remove forgets a stopped app, its epochs and clones.

@@ -21,6 +21,10 @@
 //	POST   /v1/apps/{name}/stop            → 204
 //	POST   /v1/apps/{name}/export          ExportRequest → ExportResult (progress as events: op export)
 //	POST   /v1/apps/{name}/failover?to=NODE&force=1 → AppInfo (to absent: the election's choice)
+//	POST   /v1/apps/{name}/relocate?to=NODE → RelocateResult (progress as events: kind relocation)
+//	POST   /v1/nodes/{name}/drain          → DrainResult
+//	POST   /v1/nodes/{name}/undrain        → 204
+//	GET    /v1/balance                     → BalancePlan (what the balancer would do now)
 //	POST   /v1/import                      ImportRequest → ImportResult (progress as events: op import)
 //	GET    /v1/events                      → NDJSON stream of Event
 //

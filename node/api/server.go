@@ -84,6 +84,10 @@ var routes = []route{
 	{http.MethodPost, "/v1/apps/{name}/export", jsonHandler(postExport)},
 	{http.MethodPost, "/v1/import", jsonHandler(postImport)},
 	{http.MethodPost, "/v1/apps/{name}/failover", jsonHandler(postFailover)},
+	{http.MethodPost, "/v1/apps/{name}/relocate", jsonHandler(postRelocate)},
+	{http.MethodPost, "/v1/nodes/{name}/drain", jsonHandler(postDrain)},
+	{http.MethodPost, "/v1/nodes/{name}/undrain", jsonHandler(postUndrain)},
+	{http.MethodGet, "/v1/balance", jsonHandler(getBalance)},
 	{http.MethodGet, "/v1/events", (*Server).serveEvents},
 }
 

@@ -37,6 +37,7 @@ type Config struct {
 	Checkpoint Checkpoint `mapstructure:"checkpoint"`
 	Transfer   Transfer   `mapstructure:"transfer"`
 	Metrics    Metrics    `mapstructure:"metrics"`
+	Balance    Balance    `mapstructure:"balance"`
 	Log        Log        `mapstructure:"log"`
 }
 
@@ -80,6 +81,20 @@ type Transfer struct {
 	// RateLimit caps the bytes per second this node sends to clones, so
 	// replication does not starve the app's own traffic. 0: no cap.
 	RateLimit int64 `mapstructure:"rate_limit"`
+}
+
+// Balance is the load balancer run by the raft leader: it relocates an app
+// off a node that stays above High for Window to one under Low.
+type Balance struct {
+	Enabled bool `mapstructure:"enabled"`
+	// High and Low are loads, 0 idle to 1 full (CPU per core or memory
+	// pressure, whichever is higher).
+	High float64 `mapstructure:"high"`
+	Low  float64 `mapstructure:"low"`
+	// Window is how long a node must stay above High before a move.
+	Window time.Duration `mapstructure:"window"`
+	// MinInterval is the least time between two moves of one app.
+	MinInterval time.Duration `mapstructure:"min_interval"`
 }
 
 // Metrics is the Prometheus endpoint.
@@ -138,6 +153,13 @@ func DefaultConfig() Config {
 		},
 		Transfer: Transfer{RateLimit: 0},
 		Metrics:  Metrics{Listen: ""},
+		Balance: Balance{
+			Enabled:     false,
+			High:        0.8,
+			Low:         0.5,
+			Window:      time.Minute,
+			MinInterval: 10 * time.Minute,
+		},
 		Log: Log{
 			Level:  "info",
 			Format: "text",
@@ -255,6 +277,12 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
 			bad("metrics.listen", fmt.Sprintf("%q", c.Metrics.Listen), "use HOST:PORT, or empty to turn metrics off")
 		}
+	}
+	if c.Balance.Low <= 0 || c.Balance.High <= c.Balance.Low {
+		bad("balance.low/high", fmt.Sprintf("%g/%g", c.Balance.Low, c.Balance.High), "need 0 < low < high, e.g. 0.5 and 0.8")
+	}
+	if c.Balance.Window < 0 || c.Balance.MinInterval < 0 {
+		bad("balance.window/min_interval", fmt.Sprintf("%s/%s", c.Balance.Window, c.Balance.MinInterval), "use positive durations")
 	}
 	if !filepath.IsAbs(c.Node.StateDir) {
 		bad("node.state_dir", fmt.Sprintf("%q", c.Node.StateDir), "give an absolute path")

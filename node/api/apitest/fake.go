@@ -351,6 +351,60 @@ func (f *Fake) Failover(ctx context.Context, name, to string, force bool) (api.A
 	return a.info, nil
 }
 
+// Relocate implements api.Backend.
+func (f *Fake) Relocate(ctx context.Context, name, to string) (api.RelocateResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failure("Relocate"); err != nil {
+		return api.RelocateResult{}, err
+	}
+	a, err := f.app(name)
+	if err != nil {
+		return api.RelocateResult{}, err
+	}
+	if a.info.OP == to {
+		return api.RelocateResult{}, fmt.Errorf("app %q already runs on %s: %w", name, to, api.ErrConflict)
+	}
+	from := a.info.OP
+	a.info.OP = to
+	a.info.Term++
+	f.publishLocked(api.Event{Kind: api.KindRelocation, Node: to, App: name, Message: "relocated"})
+	return api.RelocateResult{App: name, From: from, To: to, Term: a.info.Term, Epoch: a.info.NewestEpoch, PauseMs: 1}, nil
+}
+
+// Drain implements api.Backend.
+func (f *Fake) Drain(ctx context.Context, node string) (api.DrainResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.failure("Drain"); err != nil {
+		return api.DrainResult{}, err
+	}
+	res := api.DrainResult{Node: node, Moves: []api.RelocateResult{}, Errors: []string{}}
+	for i := range f.nodes {
+		if f.nodes[i].Name == node {
+			f.nodes[i].Drained = true
+		}
+	}
+	return res, nil
+}
+
+// Undrain implements api.Backend.
+func (f *Fake) Undrain(ctx context.Context, node string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range f.nodes {
+		if f.nodes[i].Name == node {
+			f.nodes[i].Drained = false
+		}
+	}
+	return f.failure("Undrain")
+}
+
+// Balance implements api.Backend.
+func (f *Fake) Balance(ctx context.Context) (api.BalancePlan, error) {
+	return api.BalancePlan{Reason: "balancer disabled", Loads: map[string]float64{}}, f.failure("Balance")
+}
+
 // Stop implements api.Backend.
 func (f *Fake) Stop(ctx context.Context, name string) error {
 	f.mu.Lock()

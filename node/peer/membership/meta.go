@@ -24,6 +24,7 @@ type Meta struct {
 	Caps []string `json:"caps,omitempty"`
 	// Load is the 1-minute load average; MemFree and MemTotal are bytes.
 	Load     float64 `json:"load,omitempty"`
+	CPUs     int     `json:"cpus,omitempty"`
 	MemFree  uint64  `json:"mfree,omitempty"`
 	MemTotal uint64  `json:"mtot,omitempty"`
 	// API, Peer and Raft are addresses: the local API socket, the peer
