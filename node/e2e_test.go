@@ -275,11 +275,23 @@ func stopApp(t *testing.T, c *testCluster, d *daemon, name, addr string) {
 	waitFor(t, 10*time.Second, name+" is killed", func() (bool, string) {
 		return appGone(addr), "still answers on " + addr
 	})
-	// ls shows it stopped, with no OP.
-	out := c.mustCLI(d.Sock, "ls")
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) > 2 && f[0] == name && (f[1] != api.AppStopped || f[2] != "-") {
-			t.Fatalf("doppel ls after stop:\n%s", out)
+	// ls shows it stopped, with no OP: at once on the node that stopped it
+	// (it waits for its own copy of the state), soon on every node.
+	stopped := func(n *daemon) (bool, string) {
+		out := c.mustCLI(n.Sock, "ls")
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 2 && f[0] == name {
+				return f[1] == api.AppStopped && f[2] == "-", out
+			}
+		}
+		return false, out
+	}
+	if ok, out := stopped(d); !ok {
+		t.Fatalf("doppel ls on %s right after doppel stop:\n%s", d.Name, out)
+	}
+	for _, n := range c.nodes {
+		if n.alive() {
+			waitFor(t, 5*time.Second, "doppel ls on "+n.Name+" shows "+name+" stopped", func() (bool, string) { return stopped(n) })
 		}
 	}
 }
@@ -846,9 +858,13 @@ func TestE2EAPI(t *testing.T) {
 	waitFor(t, 10*time.Second, name+" is killed", func() (bool, string) {
 		return appGone(addr), "still answers"
 	})
-	det, err := n1.Client.App(ctxT(t), name)
-	if err != nil || det.State != api.AppStopped || det.OP != "" || det.Term != 2 || len(det.Clones) != 2 {
-		t.Errorf("after stop: %+v %v", det.AppInfo, err)
+	// Every node's copy of the cluster state soon has it stopped.
+	for _, d := range c.nodes {
+		waitFor(t, 5*time.Second, d.Name+" sees "+name+" stopped", func() (bool, string) {
+			det, err := d.Client.App(ctxT(t), name)
+			return err == nil && det.State == api.AppStopped && det.OP == "" && det.Term == 2 && len(det.Clones) == 2,
+				fmt.Sprintf("%+v %v", det.AppInfo, err)
+		})
 	}
 	if _, err := n1.Client.Checkpoint(ctxT(t), name); !errors.Is(err, api.ErrConflict) {
 		t.Errorf("checkpoint of a stopped app: %v, want conflict", err)
