@@ -72,7 +72,7 @@ func newDemoCmd(a *app) *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&noTUI, "no-tui", false, "run without the dashboard, printing status lines until interrupted")
 	f.BoolVar(&keep, "keep", false, "keep the state directory and the logs when the demo ends")
-	f.StringVar(&appName, "app", "", "name of the sample app (default kv-XXXX, random)")
+	f.StringVar(&appName, "app", "kv", "name of the sample app")
 	f.DurationVar(&interval, "interval", 2*time.Second, "time between two epochs of the sample app")
 	f.DurationVar(&every, "every", 2*time.Second, "time between two status lines (--no-tui)")
 	return cmd

@@ -107,6 +107,9 @@ func (p *treePane) Update(msg tea.Msg) tea.Cmd {
 		g.BuildIndex()
 		p.graph = &g
 		p.roots = p.build(&g)
+		if p.cursor == "" && len(p.roots) > 0 {
+			p.cursor = p.roots[0].id
+		}
 	case tea.KeyPressMsg:
 		p.key(msg)
 	}

@@ -225,7 +225,7 @@ func (m *Model) statusLine() string {
 		wait := m.retryAt.Sub(now)
 		text := fmt.Sprintf("%s daemon unreachable, reconnecting", glyphBlocker)
 		if wait > 0 {
-			text += fmt.Sprintf(" in %s", wait.Round(100*time.Millisecond))
+			text += fmt.Sprintf(" in %s", wait.Round(10*time.Millisecond))
 		} else {
 			text += " " + m.spinner()
 		}

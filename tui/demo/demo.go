@@ -15,8 +15,6 @@ package demo
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -54,9 +52,7 @@ type Config struct {
 	Ports [3]int
 	// Preset is the nodes' timing preset.
 	Preset string
-	// App is the sample app's name ("": kv-XXXX, random, because an app's
-	// freezer cgroup is named after it machine-wide and another cluster on
-	// the machine may run an app of the same name); Replicas its clones;
+	// App is the sample app's name ("": kv); Replicas its clones;
 	// Interval the time between its epochs.
 	App      string
 	Replicas int
@@ -79,7 +75,7 @@ type Config struct {
 }
 
 // DefaultConfig is three nodes on 127.0.0.11-13 with the default ports, an
-// app kv-XXXX with two clones checkpointed every 2 s, and a request round
+// app kv with two clones checkpointed every 2 s, and a request round
 // every 250 ms.
 func DefaultConfig(exe string) Config {
 	return Config{
@@ -87,6 +83,7 @@ func DefaultConfig(exe string) Config {
 		IPs:          []string{"127.0.0.11", "127.0.0.12", "127.0.0.13"},
 		Ports:        [3]int{7946, 7947, 7948},
 		Preset:       "fast",
+		App:          "kv",
 		Replicas:     2,
 		Interval:     2 * time.Second,
 		LoadInterval: 250 * time.Millisecond,
@@ -164,11 +161,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 		return nil, errors.New("demo: no IPs or binary")
 	}
 	if cfg.App == "" {
-		var b [2]byte
-		if _, err := rand.Read(b[:]); err != nil {
-			return nil, err
-		}
-		cfg.App = "kv-" + hex.EncodeToString(b[:])
+		cfg.App = "kv"
 	}
 	c := &Cluster{cfg: cfg, log: cfg.Logger, pidfds: map[int]int{}}
 	c.dir = cfg.Dir
