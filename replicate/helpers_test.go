@@ -442,10 +442,7 @@ func checkTicks(t testing.TB, ts []tick, nonce string) {
 // cgroupPids returns the processes in the app's freezer cgroup.
 func cgroupPids(t testing.TB, name string) []int {
 	t.Helper()
-	cg, err := freezer.Open(freezer.DefaultConfig(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cg := appCgroup(t, name)
 	pids, err := cg.Pids()
 	if err != nil {
 		t.Fatal(err)
@@ -453,13 +450,35 @@ func cgroupPids(t testing.TB, name string) []int {
 	return pids
 }
 
-// frozen reports whether the app's cgroup is frozen.
-func frozen(t testing.TB, name string) bool {
+// appCgroup opens the freezer cgroup of a test app: engines keep their
+// apps under doppel/<state-dir hash>/<app>, and test app names are unique.
+func appCgroup(t testing.TB, name string) *freezer.Cgroup {
 	t.Helper()
-	cg, err := freezer.Open(freezer.DefaultConfig(), name)
+	def := freezer.DefaultConfig()
+	var found []string
+	for _, base := range []string{filepath.Join(def.Root, "freezer"), def.Root} {
+		m, _ := filepath.Glob(filepath.Join(base, def.Parent, "*", name))
+		found = append(found, m...)
+	}
+	cfg := def
+	switch len(found) {
+	case 0:
+	case 1:
+		cfg.Parent = filepath.Join(def.Parent, filepath.Base(filepath.Dir(found[0])))
+	default:
+		t.Fatalf("app %s has several freezer cgroups: %v", name, found)
+	}
+	cg, err := freezer.Open(cfg, name)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cg
+}
+
+// frozen reports whether the app's cgroup is frozen.
+func frozen(t testing.TB, name string) bool {
+	t.Helper()
+	cg := appCgroup(t, name)
 	f, err := cg.Frozen()
 	if err != nil {
 		t.Fatal(err)

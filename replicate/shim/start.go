@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"strings"
@@ -144,6 +145,11 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 		cmd.ExtraFiles = []*os.File{r} // fd 3 in the init
 		cmd.Env = append(cmd.Env, gateEnv+"=3")
 	}
+	// Descriptors this process inherited without close-on-exec (from a
+	// shell, a test runner) would leak into the app and tie it to
+	// processes outside its tree, which CRIU refuses to checkpoint. The
+	// init gets exactly its standard files and the gate.
+	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s under %s: %w", opts.Args[0], opts.Exe, err)
 	}
