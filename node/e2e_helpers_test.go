@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -417,19 +418,23 @@ func (c *testCluster) cleanup() {
 	}
 	// An app left frozen (a daemon that died in the middle of a checkpoint
 	// or a kill) ignores SIGKILL in a cgroup v1 freezer until thawed.
-	for _, a := range c.apps {
-		if err := os.WriteFile(filepath.Join("/sys/fs/cgroup/freezer/doppel", a, "freezer.state"), []byte("THAWED"), 0); err == nil {
-			continue
-		}
-		_ = os.WriteFile(filepath.Join("/sys/fs/cgroup/doppel", a, "cgroup.freeze"), []byte("0"), 0)
+	cgroups := c.appCgroups()
+	for _, cg := range cgroups {
+		_ = os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0)
+		_ = os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0)
 	}
 	if left := killProcesses(c.dir); len(left) > 0 {
 		t.Logf("cleanup: killed %d process(es) left running: %s", len(left), strings.Join(left, "; "))
 	}
-	for _, a := range c.apps {
-		// The freezer cgroup of the app (a v2 cgroup or the v1 freezer's).
-		_ = os.Remove(filepath.Join("/sys/fs/cgroup/doppel", a))
-		_ = os.Remove(filepath.Join("/sys/fs/cgroup/freezer/doppel", a))
+	for _, cg := range cgroups {
+		_ = os.Remove(cg)
+	}
+	for _, d := range c.nodes {
+		// The engine's cgroup parent of this state directory, if empty.
+		sum := sha256.Sum256([]byte(d.StateDir))
+		for _, root := range cgroupRoots {
+			_ = os.Remove(filepath.Join(root, hex.EncodeToString(sum[:4])))
+		}
 	}
 	if t.Failed() {
 		for _, d := range c.nodes {
@@ -441,6 +446,25 @@ func (c *testCluster) cleanup() {
 	if err := os.RemoveAll(c.dir); err != nil {
 		t.Logf("cleanup: %v", err)
 	}
+}
+
+// cgroupRoots are where the engine makes its freezer cgroups: the cgroup
+// v1 freezer hierarchy and the cgroup v2 root.
+var cgroupRoots = []string{"/sys/fs/cgroup/freezer/doppel", "/sys/fs/cgroup/doppel"}
+
+// appCgroups lists the freezer cgroups of the cluster's apps: ROOT/APP or
+// ROOT/PARENT/APP, the parent being one per state directory.
+func (c *testCluster) appCgroups() []string {
+	var out []string
+	for _, a := range c.apps {
+		for _, root := range cgroupRoots {
+			for _, pat := range []string{filepath.Join(root, a), filepath.Join(root, "*", a)} {
+				m, _ := filepath.Glob(pat)
+				out = append(out, m...)
+			}
+		}
+	}
+	return out
 }
 
 // cli runs the doppel CLI against a daemon's socket ("" for none) and
