@@ -100,7 +100,7 @@ func newRoot(a *app) *cobra.Command {
 		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newFailoverCmd(a), newRelocateCmd(a), newDrainCmd(a), newUndrainCmd(a), newBalanceCmd(a),
 		newStopCmd(a), newRmCmd(a),
 		newEpochsCmd(a), newExportCmd(a), newImportCmd(a), newInspectCmd(a),
-		newTUICmd(a), newDemoCmd(a), newDemoAppCmd())
+		newTUICmd(a), newDemoCmd(a), newDemoAppCmd(), newBenchCmd(a))
 	root.RunE = rootRunE(a)
 	return root
 }
