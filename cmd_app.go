@@ -42,7 +42,7 @@ func newRunCmd(a *app) *cobra.Command {
 	var replicas int
 	var interval time.Duration
 	var wait time.Duration
-	var service, framing, journalMode, policy string
+	var service, framing, journalMode, policy, health string
 	cmd := &cobra.Command{
 		Use:   "run NAME [--replicas N] [--interval D] [--data PATH]... [--service LISTEN=TARGET] -- CMD [ARGS...]",
 		Short: "Start an application under doppel and replicate it to N clones",
@@ -77,7 +77,7 @@ func newRunCmd(a *app) *cobra.Command {
 			}
 			req := api.RunRequest{
 				Name: args[0], Args: args[1:], Dir: dirAbs, Env: os.Environ(), DataPaths: abs,
-				Replicas: replicas, Interval: api.Duration(interval), Policy: policy,
+				Replicas: replicas, Interval: api.Duration(interval), Policy: policy, Health: health,
 			}
 			if service != "" {
 				listen, target, ok := strings.Cut(service, "=")
@@ -112,6 +112,7 @@ func newRunCmd(a *app) *cobra.Command {
 	f.StringVar(&service, "service", "", "LISTEN=TARGET: clients connect to LISTEN on the OP node, doppel journals their messages and forwards them to the app at TARGET")
 	f.StringVar(&framing, "framing", "line", "how the service cuts messages: line, len32 or raw")
 	f.StringVar(&journalMode, "journal", "sync", "service journal: sync (forward once a clone stored it), async, or off")
+	f.StringVar(&health, "health", "", "health check: tcp:HOST:PORT, http://HOST:PORT/PATH or cmd:COMMAND; 3 failures in a row count as the app dying")
 	f.StringVar(&policy, "policy", "restart", "when the app dies by itself: restart (restore it from its newest epoch), failover (promote a clone), none")
 	return cmd
 }

@@ -302,7 +302,7 @@ func (n *Node) Run(ctx context.Context, req api.RunRequest) (api.AppInfo, error)
 	}
 	spec := state.AppSpec{
 		Name: req.Name, Args: req.Args, Dir: req.Dir, Env: req.Env, DataPaths: req.DataPaths,
-		Replicas: req.Replicas, Interval: interval, Policy: req.Policy,
+		Replicas: req.Replicas, Interval: interval, Policy: req.Policy, Health: req.Health,
 	}
 	if sv := req.Service; sv != nil {
 		spec.Service = &state.ServiceSpec{Listen: sv.Listen, Target: sv.Target, Framing: sv.Framing, Journal: sv.Journal}

@@ -40,6 +40,7 @@ type runner struct {
 	fenced        bool
 	noQuorumSince time.Time
 	moving        bool // a relocation holds the app: no periodic epochs
+	healthFails   int
 
 	kick   chan chan checkpointResult
 	ctx    context.Context
@@ -409,6 +410,29 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 	app, _, _, _, _ := r.snapshot()
 	n := r.n
 	st, err := n.engine.App(r.name)
+	if err == nil && st.Running() && app.Spec.Health != "" {
+		if herr := checkHealth(r.ctx, app.Spec.Health, max(r.interval()/2, time.Second)); herr != nil {
+			r.mu.Lock()
+			r.healthFails++
+			fails := r.healthFails
+			r.mu.Unlock()
+			n.publish(api.Event{Kind: api.KindError, App: r.name, Message: fmt.Sprintf("health check %s failed (%d/%d): %v", app.Spec.Health, fails, healthThreshold, herr)})
+			if fails >= healthThreshold {
+				r.mu.Lock()
+				r.healthFails = 0
+				r.mu.Unlock()
+				// Unhealthy counts as dead: end this copy, then the policy.
+				if kerr := n.engine.Stop(r.ctx, r.name); kerr != nil {
+					n.log.Error("stop unhealthy app", "app", r.name, "err", kerr)
+				}
+				st.Pid = 0
+			}
+		} else {
+			r.mu.Lock()
+			r.healthFails = 0
+			r.mu.Unlock()
+		}
+	}
 	if err == nil && !st.Running() {
 		if err = r.died(app); err == nil {
 			err = fmt.Errorf("%w: %s was restarted; try again", api.ErrUnavailable, r.name)

@@ -407,6 +407,10 @@ func checkRun(req RunRequest) error {
 	default:
 		return badRequest("policy %q: use restart, failover or none", req.Policy)
 	}
+	if h := req.Health; h != "" && !strings.HasPrefix(h, "tcp:") && !strings.HasPrefix(h, "http://") &&
+		!strings.HasPrefix(h, "https://") && !strings.HasPrefix(h, "cmd:") {
+		return badRequest("health %q: use tcp:HOST:PORT, http://HOST:PORT/PATH or cmd:COMMAND", h)
+	}
 	if sv := req.Service; sv != nil {
 		if _, _, err := net.SplitHostPort(sv.Listen); err != nil {
 			return badRequest("service listen %q: use HOST:PORT or :PORT", sv.Listen)

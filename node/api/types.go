@@ -179,6 +179,10 @@ type RunRequest struct {
 	// node: "restart" (restore it there from its newest epoch, the
 	// default), "failover" (promote a clone), or "none".
 	Policy string `json:"policy,omitempty"`
+	// Health is an optional check: "tcp:HOST:PORT", "http://HOST:PORT/PATH"
+	// or "cmd:COMMAND" (run with sh -c; exit 0 is healthy). Three failures
+	// in a row count as the app dying (Policy decides what follows).
+	Health string `json:"health,omitempty"`
 }
 
 // Service is an app's service as clients reach it.

@@ -86,6 +86,10 @@ type AppSpec struct {
 	// Policy says what happens when the OP fails: PolicyRestart,
 	// PolicyFailover, PolicyNone, or "" (the daemon's default).
 	Policy string `json:"policy,omitempty"`
+	// Health is an optional check of the app: "tcp:HOST:PORT",
+	// "http://..." or "cmd:COMMAND"; failing it Threshold times in a row
+	// counts as the app dying (see Policy).
+	Health string `json:"health,omitempty"`
 }
 
 // ServiceSpec describes the network service an app offers.
