@@ -407,11 +407,6 @@ func (n *Node) Remove(ctx context.Context, name string) error {
 	return n.apply(ctx, state.Command{Type: state.CmdRemoveApp, Name: name})
 }
 
-// Subscribe implements api.Backend.
-func (n *Node) Subscribe(ctx context.Context) (<-chan api.Event, error) {
-	return n.events.subscribe(ctx), nil
-}
-
 // progress publishes an export's or import's progress as app events, at
 // most every 200 ms.
 func (n *Node) progress(app, op string) replicate.Progress {

@@ -22,6 +22,7 @@ const (
 	rpcCheckpoint = "app.checkpoint" // OP: take an epoch now
 	rpcDetail     = "app.detail"     // OP: app detail with clone health and resource graph
 	rpcPrepare    = "clone.prepare"  // clone: register an app, say whether its init binary is here
+	rpcLeave      = "cluster.leave"  // leader: the calling node shuts down cleanly
 	streamEpoch   = "epoch"          // clone: receive an epoch (replicate/wire)
 	streamInit    = "init"           // clone: receive an app's init binary
 	maxVoters     = 5                // beyond this, nodes join raft as non-voters
@@ -321,8 +322,16 @@ func (n *Node) registerPeerHandlers() {
 	n.peers.HandleStream(streamInit, n.handleInit)
 	n.peers.HandleStream(streamEpoch, n.handleEpoch)
 	n.peers.HandleStream(streamJournal, n.handleJournal)
+	n.peers.HandleStream(streamEvents, n.handleEvents)
 	n.peers.Handle(rpcJournal, n.handleJournalSince)
 	n.peers.Handle(rpcRelocate, n.handleRelocate)
+	n.peers.Handle(rpcLeave, func(ctx context.Context, from string, _ json.RawMessage) (any, error) {
+		if !n.cluster.IsLeader() {
+			return nil, toPeer(state.ErrNotLeader)
+		}
+		n.log.Info("raft: removing a node that shuts down", "peer", from)
+		return nil, n.cluster.RemoveServer(ctx, from)
+	})
 }
 
 // watchMembers turns membership changes into events, metrics and, on the

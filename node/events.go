@@ -68,6 +68,22 @@ func (b *eventBus) subscribe(ctx context.Context) <-chan api.Event {
 	return ch
 }
 
+// subscribeLive is subscribe without the replay of recent events.
+func (b *eventBus) subscribeLive(ctx context.Context) <-chan api.Event {
+	b.mu.Lock()
+	ch := make(chan api.Event, 256)
+	b.subs[ch] = struct{}{}
+	b.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		b.mu.Lock()
+		delete(b.subs, ch)
+		close(ch)
+		b.mu.Unlock()
+	}()
+	return ch
+}
+
 // history returns the recent events.
 func (b *eventBus) history() []api.Event {
 	b.mu.Lock()

@@ -391,6 +391,7 @@ func (n *Node) shutdown() error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = n.api.Shutdown(sctx)
+	n.leaveRaft(sctx)
 	if err := n.members.Leave(2 * time.Second); err != nil {
 		n.log.Warn("leave the gossip", "err", err)
 	}
@@ -402,6 +403,29 @@ func (n *Node) shutdown() error {
 	err := n.engine.Close()
 	n.log.Info("node stopped")
 	return err
+}
+
+// leaveRaft takes this node out of the raft configuration on a clean
+// shutdown, so that the cluster's quorum no longer counts it (it is added
+// back when it rejoins).
+func (n *Node) leaveRaft(ctx context.Context) {
+	servers, err := n.cluster.Servers()
+	if err != nil || len(servers) < 2 {
+		return
+	}
+	if n.cluster.IsLeader() {
+		if err := n.cluster.RemoveServer(ctx, n.cfg.Name); err != nil {
+			n.log.Warn("leave raft", "err", err)
+		}
+		return
+	}
+	addr, err := n.leaderPeer()
+	if err != nil {
+		return
+	}
+	if err := n.peers.Call(ctx, addr, rpcLeave, struct{}{}, nil); err != nil {
+		n.log.Warn("leave raft", "err", err)
+	}
 }
 
 // gossipMeta refreshes this node's gossiped load, memory and drain state.
