@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -35,6 +37,11 @@ func newDemoCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// A closed terminal (SIGHUP) ends the demo like Ctrl-C and
+			// SIGTERM do: with its cleanup.
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGHUP)
+			defer stop()
+			cmd.SetContext(ctx)
 			cfg := demo.DefaultConfig(exe)
 			cfg.Keep = keep
 			cfg.App = appName
