@@ -101,6 +101,8 @@ func (c Config) validate() (Config, error) {
 	if len(c.Endpoints) == 0 {
 		return c, ErrNoEndpoint
 	}
+	// The dashboard fills in node names as daemons answer: its own copy.
+	c.Endpoints = append([]Endpoint(nil), c.Endpoints...)
 	for i, e := range c.Endpoints {
 		if e.Socket == "" {
 			return c, fmt.Errorf("tui: endpoint %d has no socket", i)

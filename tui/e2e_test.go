@@ -1,6 +1,7 @@
 package tui_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -31,20 +32,8 @@ func TestDemoInTmux(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: builds doppel and runs a 3-node cluster in tmux (skipped with -short)")
 	}
-	need := func(ok bool, why string) {
-		t.Helper()
-		if ok {
-			return
-		}
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s (CI must provide it)", why)
-		}
-		t.Skip(why)
-	}
-	_, err := exec.LookPath("tmux")
-	need(err == nil, "tmux is not installed (sudo scripts/setup.sh --test installs it)")
-	need(os.Geteuid() == 0, "doppel demo needs root (run the tests as root: sudo scripts/test.sh)")
-	need(haveCRIU(), "no CRIU (sudo scripts/setup.sh installs one)")
+	requireTmux(t)
+	requireRootAndCRIU(t)
 
 	bin := buildDoppel(t)
 	// Everything the demo creates goes under tmp; the socket paths must
@@ -159,6 +148,31 @@ func TestDemoInTmux(t *testing.T) {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		t.Errorf("process left running: %d %s", pid, bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
 	}
+}
+
+// require skips the test when ok is false, or fails it in CI (CI set),
+// which must provide every prerequisite.
+func require(t *testing.T, ok bool, why string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s (CI must provide it)", why)
+	}
+	t.Skip(why)
+}
+
+func requireTmux(t *testing.T) {
+	t.Helper()
+	_, err := exec.LookPath("tmux")
+	require(t, err == nil, "tmux is not installed (sudo scripts/setup.sh --test installs it)")
+}
+
+func requireRootAndCRIU(t *testing.T) {
+	t.Helper()
+	require(t, os.Geteuid() == 0, "doppel demo needs root (run the tests as root: sudo scripts/test.sh)")
+	require(t, haveCRIU(), "no CRIU (sudo scripts/setup.sh installs one)")
 }
 
 func haveCRIU() bool {
@@ -312,12 +326,7 @@ func TestTUICommandInTmux(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: builds doppel and runs it in tmux (skipped with -short)")
 	}
-	if _, err := exec.LookPath("tmux"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("tmux is not installed (CI must provide it: scripts/setup.sh --test)")
-		}
-		t.Skip("tmux is not installed (sudo scripts/setup.sh --test installs it)")
-	}
+	requireTmux(t)
 	bin := buildDoppel(t)
 	dir, err := os.MkdirTemp("", "dptui")
 	if err != nil {
@@ -370,5 +379,106 @@ func TestTUICommandInTmux(t *testing.T) {
 		if err != nil || !strings.Contains(string(b), "attached") {
 			t.Errorf("doppel %s: log %s: %v\n%s", args, log, err, b)
 		}
+	}
+}
+
+// TestDemoHeadless runs `doppel demo --no-tui` until its status lines show
+// epochs acknowledged by both clones, then interrupts it as Ctrl-C does:
+// it must exit 0 having stopped everything and removed its directory.
+// Like TestDemoInTmux it needs root and CRIU.
+func TestDemoHeadless(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: builds doppel and runs a 3-node cluster (skipped with -short)")
+	}
+	requireRootAndCRIU(t)
+	bin := buildDoppel(t)
+	tmp, err := os.MkdirTemp("", "dpe2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		killUnder(t, tmp)
+		os.RemoveAll(tmp)
+	})
+	cmd := exec.Command(bin, "demo", "--no-tui", "--every", "500ms")
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	lines := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-exited:
+			case <-time.After(60 * time.Second):
+				cmd.Process.Kill()
+			}
+		}
+	})
+	synced := regexp.MustCompile(`kv running on n1 term 1 epoch #([2-9]|\d\d+) .*clones n2 in-sync #\d+, n3 in-sync #\d+`)
+	deadline := time.After(120 * time.Second)
+	var seen []string
+wait:
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("the demo ended early: %v\nstdout:\n%s\nstderr:\n%s", <-exited, strings.Join(seen, "\n"), stderr.String())
+			}
+			seen = append(seen, l)
+			if synced.MatchString(l) {
+				t.Logf("status line: %s", l)
+				break wait
+			}
+		case <-deadline:
+			t.Fatalf("no epoch acknowledged by both clones within 120s:\n%s\nstderr:\n%s", strings.Join(seen, "\n"), stderr.String())
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("demo: %v\nstderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatalf("the demo did not stop within 90s of Ctrl-C; stderr:\n%s", stderr.String())
+	}
+	for _, want := range []string{"stopping app kv", "stopping node n1", "stopping node n3"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	entries, _ := os.ReadDir(tmp)
+	for _, e := range entries {
+		t.Errorf("left behind: %s", filepath.Join(tmp, e.Name()))
+	}
+	deadlineP := time.Now().Add(10 * time.Second)
+	for len(processesUnder(tmp)) > 0 && time.Now().Before(deadlineP) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if pids := processesUnder(tmp); len(pids) > 0 {
+		t.Errorf("processes left running: %v", pids)
 	}
 }

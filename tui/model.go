@@ -207,7 +207,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			break
 		}
 		m.done("apps")
-		cmds = append(cmds, m.route(msg), m.select_(), m.failed(msg.err), m.again("apps"))
+		cmds = append(cmds, m.route(msg), m.followSelection(), m.failed(msg.err), m.again("apps"))
 		m.checkWait(msg)
 	case detailMsg:
 		if msg.gen != m.gen {
@@ -448,9 +448,9 @@ func (m *Model) endpointOf(node string) int {
 	return -1
 }
 
-// select_ follows the selection of the Apps pane: the panes that show
+// followSelection follows the selection of the Apps pane: the panes that show
 // the selected app are told, and its details fetched.
-func (m *Model) select_() tea.Cmd {
+func (m *Model) followSelection() tea.Cmd {
 	name := ""
 	if a, ok := m.apps.Selected(); ok {
 		name = a.Name
@@ -559,7 +559,7 @@ func (m *Model) onKey(msg tea.KeyPressMsg) tea.Cmd {
 		}
 	}
 	cmd := m.panes[m.focus].Update(msg)
-	return tea.Batch(cmd, m.select_())
+	return tea.Batch(cmd, m.followSelection())
 }
 
 // focusChanged fetches the graph when the tree comes into view.
