@@ -36,7 +36,7 @@ var appColumns = []column{
 	{title: "EPOCH", width: 6, right: true},
 	{title: "AGE", width: 6, right: true, prio: 2},
 	{title: "EVERY", width: 5, right: true, prio: 4},
-	{title: "CLONES", width: 18, prio: 1},
+	{title: "CLONES", width: 12, prio: 1},
 	{title: "SERVICE", width: 15, prio: 5},
 	{title: "BACKLOG", width: 7, right: true, prio: 6},
 }

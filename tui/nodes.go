@@ -27,13 +27,13 @@ type nodesPane struct {
 func newNodesPane(e *env) *nodesPane { return &nodesPane{env: e} }
 
 var nodeColumns = []column{
-	{title: "NODE", width: 10, flex: true},
-	{title: "ROLE", width: 7, prio: 3},
+	{title: "NODE", width: 8, flex: true},
+	{title: "ROLE", width: 7, prio: 5},
 	{title: "STATE", width: 15},
 	{title: "LOAD", width: 5, right: true, prio: 2},
-	{title: "MEM FREE", width: 15, right: true, prio: 4},
-	{title: "APPS", width: 10, prio: 1},
-	{title: "CLONES", width: 10, prio: 1},
+	{title: "MEM FREE", width: 9, right: true, prio: 3},
+	{title: "APPS", width: 8, prio: 1},
+	{title: "CLONES", width: 8, prio: 1},
 }
 
 func (p *nodesPane) Title() string {

@@ -10,6 +10,7 @@ import (
 
 	"charm.land/bubbles/v2/key"
 	tea "charm.land/bubbletea/v2"
+	"github.com/charmbracelet/x/ansi"
 
 	"doppel/introspect"
 )
@@ -244,7 +245,28 @@ func (p *treePane) View() string {
 	if len(rows) > 0 {
 		p.cursor = rows[ci].n.id
 	}
-	h := p.h - 1
+	// The row under the cursor, in full, at the bottom: rows are cut at
+	// the pane's width.
+	var foot []string
+	if len(rows) > 0 && p.h >= 8 {
+		r := rows[ci].n
+		full := r.text
+		if id := graphID(r.id); id != "" {
+			full = id + ": " + full
+		}
+		if r.reason != "" {
+			full += " — " + r.reason
+		}
+		foot = strings.Split(ansi.Wrap(full, p.w, " /,"), "\n")
+		if len(foot) > 2 {
+			foot = foot[:2]
+			foot[1] = fit(foot[1]+" …", p.w)
+		}
+		for i := range foot {
+			foot[i] = st.Dim.Render(foot[i])
+		}
+	}
+	h := p.h - 1 - len(foot)
 	p.off = scrollWindow(ci, p.off, h, len(rows))
 	for j := p.off; j < len(rows) && j < p.off+h; j++ {
 		r := rows[j]
@@ -265,7 +287,20 @@ func (p *treePane) View() string {
 		}
 		lines = append(lines, line)
 	}
+	lines = block(lines, p.w, p.h-len(foot))
+	lines = append(lines, foot...)
 	return strings.Join(block(lines, p.w, p.h), "\n")
+}
+
+// graphID is the graph node a row stands for ("" for groups).
+func graphID(rowID string) string {
+	if strings.Contains(rowID, "#") {
+		return ""
+	}
+	if i := strings.LastIndex(rowID, "|"); i >= 0 {
+		return rowID[i+1:]
+	}
+	return rowID
 }
 
 // verdictText is the marker without style (inside a reversed row).

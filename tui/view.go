@@ -42,11 +42,12 @@ func (m *Model) rects() [numPanes]rect {
 	}
 	h := m.height - 3
 	top := clamp(h/3, 7, 12)
+	half := w / 2
 	left := w * 45 / 100
 	bottom := h - top
 	ph := clamp(bottom*55/100, 8, bottom-5)
-	r[paneNodes] = rect{0, 0, left, top}
-	r[paneApps] = rect{left, 0, w - left, top}
+	r[paneNodes] = rect{0, 0, half, top}
+	r[paneApps] = rect{half, 0, w - half, top}
 	r[paneTree] = rect{0, top, left, bottom}
 	r[panePhases] = rect{left, top, w - left, ph}
 	r[paneEvents] = rect{left, top + ph, w - left, bottom - ph}
