@@ -42,6 +42,10 @@ type CheckpointOptions struct {
 // ErrBusy, a *introspect.BlockedError (matching introspect.ErrBlocked)
 // naming each blocking resource, a CRIU or store failure.
 //
+// Checkpoint returns once the epoch is committed (durable); the store's GC
+// of epochs beyond retention then runs in the background (Close waits for
+// it).
+//
 // The epoch is numbered above every epoch the store holds and above the
 // highest number the app was ever given here (AppState.LastEpoch); its
 // parent is the newest stored epoch. If the process running Checkpoint dies
@@ -77,6 +81,19 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	if err := e.ensureInCgroup(cg, st); err != nil {
 		return nil, err
 	}
+
+	// The transaction opens before the barrier: Begin waits for a running
+	// store GC, which must not lengthen the freeze.
+	tx, err := e.store.Begin(name, number, parent)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			tx.Abort()
+		}
+	}()
 
 	clock := &phaseClock{app: name, epoch: number, obs: opts.Observer}
 	var m store.Manifest
@@ -126,17 +143,6 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
 	}
 
-	tx, err := e.store.Begin(name, number, parent)
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint %s: %w", name, err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			tx.Abort()
-		}
-	}()
-
 	// SRM: data files, while memory and disk agree.
 	clock.begin(SRM)
 	err = e.snapshotData(ctx, tx, st, parent, &m)
@@ -184,21 +190,23 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: store images: %w", name, err)
 	}
+	commitStart := time.Now()
 	ep, err := tx.Commit(m)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: commit epoch %d: %w", name, number, err)
 	}
 	committed = true
+	commitTook := time.Since(commitStart)
 	st.LastEpoch = number
 	if err := e.apps.save(st); err != nil {
 		e.log.Warn("epoch stored, app state not updated", "app", name, "epoch", number, "err", err)
 	}
-	if _, err := e.store.GC(ctx); err != nil {
-		e.log.Warn("gc after checkpoint failed", "app", name, "err", err)
-	}
 	e.log.Info("epoch stored", "app", name, "epoch", number,
 		"psb", m.Phases.PSB, "rm", m.Phases.RM, "srm", m.Phases.SRM, "prm", m.Phases.PRM,
+		"dump", res.Wall, "commit", commitTook,
 		"pages_changed", ep.Manifest.Pages.Changed, "bytes", ep.Manifest.Bytes.Stored)
+	// Older epochs go in the background: the new one is durable already.
+	e.startGC()
 	return ep, nil
 }
 

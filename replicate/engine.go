@@ -53,10 +53,17 @@ type Config struct {
 
 // DefaultConfig is the production configuration under /var/lib/doppel.
 func DefaultConfig() Config {
+	st := store.DefaultConfig()
+	// One hashing worker: with several, the store's page ingest can
+	// deadlock when one worker is descheduled while holding the next batch
+	// to consume and the others take every read buffer (seen on a loaded
+	// two-core node); one worker produces batches in order and cannot.
+	// Reading and hashing still overlap with storing.
+	st.Workers = 1
 	return Config{
 		StateDir: "/var/lib/doppel",
 		CRIU:     criu.DefaultConfig(),
-		Store:    store.DefaultConfig(),
+		Store:    st,
 		Freezer:  freezer.DefaultConfig(),
 		// The RM scan runs while the app is frozen: keep what verdicts
 		// need, skip page-table walks and per-thread details.
@@ -85,6 +92,13 @@ type Engine struct {
 	mu sync.Mutex // guards children
 	// children are inits this process started and must reap.
 	children map[int]*shim.Process
+
+	gcMu      sync.Mutex // guards gcRunning and gcAgain
+	gcRunning bool       // a background GC runs
+	gcAgain   bool       // another epoch was committed since it started
+	gcDone    sync.WaitGroup
+	gcCtx     context.Context // cancelled by Close
+	gcCancel  context.CancelFunc
 }
 
 // New opens the engine's state directory.
@@ -126,6 +140,7 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		store:    st,
 		children: map[int]*shim.Process{},
 	}
+	e.gcCtx, e.gcCancel = context.WithCancel(context.Background())
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
 		e.kernel = unix.ByteSliceToString(u.Release[:])
@@ -175,8 +190,48 @@ func (e *Engine) thawIfAbandoned(st *AppState) {
 	e.log.Warn("thawed app left frozen by an interrupted checkpoint", "app", st.Spec.Name, "pid", st.Pid)
 }
 
-// Close releases the store. Apps keep running.
-func (e *Engine) Close() error { return e.store.Close() }
+// Close stops a background GC (at a safe point), waits for it and releases
+// the store. Apps keep running.
+func (e *Engine) Close() error {
+	e.gcCancel()
+	e.gcDone.Wait()
+	return e.store.Close()
+}
+
+// startGC runs the store's GC in the background after a commit. One runs at
+// a time; a commit while it runs makes it run once more.
+func (e *Engine) startGC() {
+	e.gcMu.Lock()
+	defer e.gcMu.Unlock()
+	if e.gcRunning {
+		e.gcAgain = true
+		return
+	}
+	e.gcRunning = true
+	e.gcDone.Add(1)
+	go func() {
+		defer e.gcDone.Done()
+		for {
+			st, err := e.store.GC(e.gcCtx)
+			if err != nil && e.gcCtx.Err() == nil {
+				e.log.Warn("store gc failed", "err", err)
+			} else if err == nil {
+				e.log.Debug("store gc", "epochs_deleted", st.EpochsDeleted, "bytes", st.BytesReclaimed, "took", st.Duration)
+			}
+			e.gcMu.Lock()
+			if !e.gcAgain || e.gcCtx.Err() != nil {
+				e.gcRunning = false
+				e.gcMu.Unlock()
+				return
+			}
+			e.gcAgain = false
+			e.gcMu.Unlock()
+		}
+	}()
+}
+
+// waitGC waits until no background GC runs.
+func (e *Engine) waitGC() { e.gcDone.Wait() }
 
 // Store is the engine's epoch store (for the wire and export).
 func (e *Engine) Store() *store.Store { return e.store }

@@ -84,7 +84,7 @@ func TestWholeApp(t *testing.T) {
 	requireE2E(t)
 	e := newEngine(t, t.TempDir(), nil)
 	a := startApp(t, e, "whole", appOpts{shm: true, tick: 10 * time.Millisecond, dataDir: t.TempDir()})
-	waitCgroupSize(t, a.name, 4)
+	waitCgroupSize(t, e, a.name, 4)
 
 	// The connection that must survive; it is idle from here until the
 	// restore, as a connection behind the ingress proxy is after a barrier.
@@ -127,7 +127,7 @@ func TestWholeApp(t *testing.T) {
 		if got, want := strings.Join(rec.of(uint64(i)), " "), "PSB /PSB RM /RM SRM /SRM PRM /PRM"; got != want {
 			t.Errorf("epoch %d: events %q, want %q", i, got, want)
 		}
-		if frozen(t, a.name) {
+		if frozen(t, e, a.name) {
 			t.Fatalf("app frozen after checkpoint %d", i)
 		}
 	}
@@ -181,7 +181,7 @@ func TestWholeApp(t *testing.T) {
 	if !s.shmOK || s.shm != s.counter {
 		t.Fatalf("shared memory holds %d (pattern ok: %t), want the counter %d", s.shm, s.shmOK, s.counter)
 	}
-	waitCgroupSize(t, a.name, 4)
+	waitCgroupSize(t, e, a.name, 4)
 	// History continues without gap or repeat, the segment intact at every
 	// tick.
 	after := waitTicks(t, a.data, int(s.counter)+20)
@@ -339,7 +339,7 @@ func TestCorruptNewestEpoch(t *testing.T) {
 	if st, _ := e.App(a.name); st.Running() {
 		t.Fatalf("app runs after a failed restore (pid %d)", st.Pid)
 	}
-	if pids := cgroupPids(t, a.name); len(pids) != 0 {
+	if pids := cgroupPids(t, e, a.name); len(pids) != 0 {
 		t.Fatalf("processes %v in the app's cgroup after a failed restore", pids)
 	}
 	if got := readFile(t, marker); got != "v3" {

@@ -80,7 +80,7 @@ func TestBadRequests(t *testing.T) {
 	if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "3.17") {
 		t.Fatalf("restore of an epoch from CRIU 3.17: %v, want ErrMismatch naming the version", err)
 	}
-	if pids := cgroupPids(t, a.name); len(pids) != 0 {
+	if pids := cgroupPids(t, e, a.name); len(pids) != 0 {
 		t.Fatalf("processes %v after a refused restore", pids)
 	}
 	if _, _, err := e.Restore(ctx, a.name, RestoreOptions{Epoch: 99}); !errors.Is(err, store.ErrNoEpoch) {
@@ -112,7 +112,7 @@ func TestBlocker(t *testing.T) {
 	requireE2E(t)
 	e := newEngine(t, t.TempDir(), nil)
 	a := startApp(t, e, "blocker", appOpts{shm: true, tick: 10 * time.Millisecond, dataDir: t.TempDir()})
-	waitCgroupSize(t, a.name, 4)
+	waitCgroupSize(t, e, a.name, 4)
 	if _, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestBlocker(t *testing.T) {
 	if got := epochNumbers(t, e, a.name); len(got) != 1 || got[0] != 1 {
 		t.Errorf("epochs %v after a refused checkpoint, want [1]", got)
 	}
-	if frozen(t, a.name) {
+	if frozen(t, e, a.name) {
 		t.Fatal("app left frozen after a refused checkpoint")
 	}
 	if s := dial(t, a.port).state(t); s.nonce != a.nonce {
@@ -274,8 +274,8 @@ func TestFailureAfterBarrier(t *testing.T) {
 	if got, want := strings.Join(rec.of(2), " "), "PSB /PSB RM /RM SRM /SRM PRM /PRM!"; got != want {
 		t.Errorf("events %q, want %q", got, want)
 	}
-	if resumed != 1 || frozen(t, a.name) {
-		t.Fatalf("after a cancelled checkpoint: resumed %d times, frozen %t", resumed, frozen(t, a.name))
+	if resumed != 1 || frozen(t, e, a.name) {
+		t.Fatalf("after a cancelled checkpoint: resumed %d times, frozen %t", resumed, frozen(t, e, a.name))
 	}
 	if s := held.state(t); s.nonce != a.nonce {
 		t.Fatal("app does not answer after a cancelled checkpoint")
@@ -303,7 +303,7 @@ func TestFailureAfterBarrier(t *testing.T) {
 	} else if b, _ := os.ReadFile(kept); !strings.Contains(string(b), "No space left") {
 		t.Errorf("kept CRIU log %s does not say why the dump failed", kept)
 	}
-	if frozen(t, a.name) {
+	if frozen(t, e, a.name) {
 		t.Fatal("app left frozen after a failed dump")
 	}
 	if s := held.state(t); s.nonce != a.nonce || !s.shmOK {
@@ -344,7 +344,7 @@ func TestAppKilledDuringCheckpoint(t *testing.T) {
 	state := t.TempDir()
 	e := newEngine(t, state, nil)
 	a := startApp(t, e, "killed", appOpts{shm: true, tick: 10 * time.Millisecond, dataDir: t.TempDir()})
-	waitCgroupSize(t, a.name, 4)
+	waitCgroupSize(t, e, a.name, 4)
 	if _, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -384,8 +384,8 @@ func TestAppKilledDuringCheckpoint(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	waitCgroupSize(t, a.name, 0)
-	if frozen(t, a.name) {
+	waitCgroupSize(t, e, a.name, 0)
+	if frozen(t, e, a.name) {
 		t.Error("cgroup left frozen")
 	}
 	checkNoLeftovers(t, e, state, a.name, want)
@@ -423,13 +423,13 @@ func TestCheckpointerDies(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ProcessState.Sys().(interface{ Signaled() bool }).Signaled() == false {
 		t.Fatalf("checkpointing process: %v, want killed by a signal; output:\n%s", err, out)
 	}
-	if !frozen(t, a.name) {
+	if !frozen(t, e, a.name) {
 		t.Fatal("app not frozen after its checkpointer died mid-checkpoint (the test did not test anything)")
 	}
 	before := len(readTicks(t, a.data))
 
 	e = newEngine(t, state, nil)
-	if frozen(t, a.name) {
+	if frozen(t, e, a.name) {
 		t.Fatal("opening an engine did not thaw the app left frozen")
 	}
 	waitTicks(t, a.data, before+10)

@@ -238,32 +238,49 @@ func startApp(t testing.TB, e *testEngine, base string, o appOpts) *testApp {
 	return a
 }
 
-// killAppAtEnd kills every process in the app's freezer cgroup when the
-// test ends and removes the cgroup.
+// killAppAtEnd kills, when the test ends, every process in any freezer
+// cgroup of the app (each engine has its own parent: an app that moved
+// between engines has one under each), and removes those cgroups.
 func killAppAtEnd(t testing.TB, name string) {
 	t.Cleanup(func() {
-		cg, err := freezer.Open(freezer.DefaultConfig(), name)
-		if err != nil {
-			return
+		def := freezer.DefaultConfig()
+		var dirs []string
+		for _, base := range []string{filepath.Join(def.Root, "freezer"), def.Root} {
+			for _, pat := range []string{filepath.Join(base, def.Parent, name), filepath.Join(base, def.Parent, "*", name)} {
+				m, _ := filepath.Glob(pat)
+				dirs = append(dirs, m...)
+			}
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			pids, _ := cg.Pids()
-			if len(pids) == 0 {
-				break
+		for _, dir := range dirs {
+			rel, err := filepath.Rel(def.Root, filepath.Dir(dir))
+			if err != nil {
+				continue
 			}
-			for _, p := range pids {
-				_ = unix.Kill(p, unix.SIGKILL)
+			cfg := def
+			cfg.Parent = strings.TrimPrefix(rel, "freezer/")
+			cg, err := freezer.Open(cfg, name)
+			if err != nil {
+				continue
 			}
-			_ = cg.Thaw()
-			if time.Now().After(deadline) {
-				t.Errorf("app %s: processes %v survive the end of the test", name, pids)
-				return
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				pids, _ := cg.Pids()
+				if len(pids) == 0 {
+					break
+				}
+				for _, p := range pids {
+					_ = unix.Kill(p, unix.SIGKILL)
+				}
+				_ = cg.Thaw()
+				if time.Now().After(deadline) {
+					t.Errorf("app %s: processes %v survive the end of the test", name, pids)
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		if err := cg.Remove(); err != nil {
-			t.Logf("remove cgroup: %v", err)
+			if err := cg.Remove(); err != nil {
+				t.Logf("remove cgroup: %v", err)
+			}
 		}
 	})
 }
@@ -439,47 +456,30 @@ func checkTicks(t testing.TB, ts []tick, nonce string) {
 	}
 }
 
-// cgroupPids returns the processes in the app's freezer cgroup.
-func cgroupPids(t testing.TB, name string) []int {
+// appCgroup opens the freezer cgroup the engine keeps the app in.
+func appCgroup(t testing.TB, e *testEngine, name string) *freezer.Cgroup {
 	t.Helper()
-	cg := appCgroup(t, name)
-	pids, err := cg.Pids()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pids
-}
-
-// appCgroup opens the freezer cgroup of a test app: engines keep their
-// apps under doppel/<state-dir hash>/<app>, and test app names are unique.
-func appCgroup(t testing.TB, name string) *freezer.Cgroup {
-	t.Helper()
-	def := freezer.DefaultConfig()
-	var found []string
-	for _, base := range []string{filepath.Join(def.Root, "freezer"), def.Root} {
-		m, _ := filepath.Glob(filepath.Join(base, def.Parent, "*", name))
-		found = append(found, m...)
-	}
-	cfg := def
-	switch len(found) {
-	case 0:
-	case 1:
-		cfg.Parent = filepath.Join(def.Parent, filepath.Base(filepath.Dir(found[0])))
-	default:
-		t.Fatalf("app %s has several freezer cgroups: %v", name, found)
-	}
-	cg, err := freezer.Open(cfg, name)
+	cg, err := freezer.Open(e.cfg.Freezer, name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return cg
 }
 
-// frozen reports whether the app's cgroup is frozen.
-func frozen(t testing.TB, name string) bool {
+// cgroupPids returns the processes in the app's freezer cgroup.
+func cgroupPids(t testing.TB, e *testEngine, name string) []int {
 	t.Helper()
-	cg := appCgroup(t, name)
-	f, err := cg.Frozen()
+	pids, err := appCgroup(t, e, name).Pids()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pids
+}
+
+// frozen reports whether the app's cgroup is frozen.
+func frozen(t testing.TB, e *testEngine, name string) bool {
+	t.Helper()
+	f, err := appCgroup(t, e, name).Frozen()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,11 +487,11 @@ func frozen(t testing.TB, name string) bool {
 }
 
 // waitCgroupSize waits until the app's cgroup holds n processes.
-func waitCgroupSize(t testing.TB, name string, n int) {
+func waitCgroupSize(t testing.TB, e *testEngine, name string, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		pids := cgroupPids(t, name)
+		pids := cgroupPids(t, e, name)
 		if len(pids) == n {
 			return
 		}
@@ -502,9 +502,10 @@ func waitCgroupSize(t testing.TB, name string, n int) {
 	}
 }
 
-// epochNumbers lists the app's epochs.
+// epochNumbers lists the app's epochs once the background GC is done.
 func epochNumbers(t testing.TB, e *testEngine, name string) []uint64 {
 	t.Helper()
+	e.waitGC()
 	ms, err := e.Epochs(name)
 	if err != nil {
 		t.Fatal(err)
@@ -529,5 +530,5 @@ func stopAndWait(t testing.TB, e *testEngine, name string) {
 	if st.Running() || st.Pid != 0 {
 		t.Fatalf("app %s still recorded running as pid %d", name, st.Pid)
 	}
-	waitCgroupSize(t, name, 0)
+	waitCgroupSize(t, e, name, 0)
 }
