@@ -52,6 +52,7 @@ type Model struct {
 	status    api.Status
 	lastSeq   uint64 // newest event seen from this endpoint
 	lastTime  time.Time
+	timeouts  int // requests timed out in a row
 
 	// Requests in flight and requests wanted after them.
 	inflight, dirty map[string]bool
@@ -361,10 +362,19 @@ func (m *Model) again(what string) tea.Cmd {
 // reconnecting; other errors are shown.
 func (m *Model) failed(err error) tea.Cmd {
 	if err == nil {
+		m.timeouts = 0
 		return nil
 	}
 	if errors.Is(err, api.ErrNoDaemon) {
 		return m.lost(err)
+	}
+	// A daemon that stopped answering (hung, or its machine is gone) is
+	// treated as lost after a second request in a row times out.
+	if errors.Is(err, context.DeadlineExceeded) {
+		m.timeouts++
+		if m.timeouts >= 2 {
+			return m.lost(fmt.Errorf("the daemon does not answer: %w", err))
+		}
 	}
 	if !errors.Is(err, api.ErrNotFound) {
 		m.cfg.Logger.Warn("request failed", "err", err)
@@ -379,7 +389,7 @@ func (m *Model) onConnected(msg connectedMsg) tea.Cmd {
 		msg.stream.Close()
 		return nil
 	}
-	m.connected, m.attempt, m.lastErr = true, 0, nil
+	m.connected, m.attempt, m.lastErr, m.timeouts = true, 0, nil, 0
 	m.stream = msg.stream
 	m.status = msg.status
 	if m.cfg.Endpoints[m.ep].Node == "" {
@@ -390,6 +400,7 @@ func (m *Model) onConnected(msg connectedMsg) tea.Cmd {
 		m.inflight[k], m.dirty[k] = false, false
 	}
 	cmds := []tea.Cmd{
+		m.route(connectedToMsg{node: msg.status.Node}),
 		waitEventCmd(m.stream, m.gen),
 		m.fetch("nodes"), m.fetch("apps"), m.fetch("detail"), m.fetch("epochs"),
 		nodesTick(m.cfg.PollNodes, m.gen),

@@ -3,6 +3,7 @@ package tui
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"sync"
@@ -787,5 +788,30 @@ func TestConfigValidate(t *testing.T) {
 	d := DefaultConfig("/s")
 	if m.cfg.PollNodes != d.PollNodes || m.cfg.EventLog != d.EventLog || m.cfg.Logger == nil || m.cfg.Dial == nil {
 		t.Errorf("defaults not filled: %+v", m.cfg)
+	}
+}
+
+func TestHungDaemonCountsAsLost(t *testing.T) {
+	t.Parallel()
+	m := started(t, fixture(t))
+	timeout := fmt.Errorf("GET /v1/nodes: %w", context.DeadlineExceeded)
+	settle(t, m, nodesMsg{gen: m.gen, err: timeout})
+	if !m.connected {
+		t.Fatal("one timeout counted as a lost daemon")
+	}
+	settle(t, m, nodesMsg{gen: m.gen, err: timeout})
+	if m.connected || !strings.Contains(m.lastErr.Error(), "does not answer") {
+		t.Errorf("two timeouts in a row: connected %v, err %v", m.connected, m.lastErr)
+	}
+}
+
+func TestPhasesOfAnAppElsewhere(t *testing.T) {
+	t.Parallel()
+	src := fixture(t)
+	src.status.Node = "n2"
+	m := started(t, src)
+	settle(t, m, press("4"))
+	if s := plain(m); !strings.Contains(s, "kv runs on n1, which publishes its phases") {
+		t.Errorf("no note on where live phases come from:\n%s", s)
 	}
 }

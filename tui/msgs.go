@@ -103,6 +103,10 @@ type selectAppMsg struct{ app string }
 // (sent directly): they forget what they knew of the old one.
 type attachedMsg struct{ node string }
 
+// connectedToMsg tells the panes which node answered (sent directly, on
+// every connection).
+type connectedToMsg struct{ node string }
+
 // request bounds one API call.
 func request(timeout time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), timeout)

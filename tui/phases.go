@@ -28,7 +28,9 @@ type phasesPane struct {
 	w, h   int
 	app    string
 	hist   map[string]*epochHistory
-	clones map[string]int // clones placed, by app
+	clones map[string]int    // clones placed, by app
+	ops    map[string]string // OP node, by app
+	self   string            // the node attached to
 	frame  int
 	cursor uint64 // epoch under the cursor; 0: follow the newest
 	filter string
@@ -70,7 +72,7 @@ var transferErr = regexp.MustCompile(`^epoch \d+ to ([A-Za-z0-9][A-Za-z0-9._-]*)
 const stallAfter = 2 * time.Minute
 
 func newPhasesPane(e *env) *phasesPane {
-	return &phasesPane{env: e, hist: map[string]*epochHistory{}, clones: map[string]int{}}
+	return &phasesPane{env: e, hist: map[string]*epochHistory{}, clones: map[string]int{}, ops: map[string]string{}}
 }
 
 func (p *phasesPane) Title() string {
@@ -177,10 +179,14 @@ func (p *phasesPane) Update(msg tea.Msg) tea.Cmd {
 	case attachedMsg:
 		p.hist = map[string]*epochHistory{}
 		p.clones = map[string]int{}
+		p.ops = map[string]string{}
+	case connectedToMsg:
+		p.self = msg.node
 	case appsMsg:
 		if msg.err == nil {
 			for _, a := range msg.apps {
 				p.clones[a.Name] = len(a.Clones)
+				p.ops[a.Name] = a.OP
 			}
 		}
 	case epochsMsg:
@@ -482,6 +488,10 @@ func (p *phasesPane) View() string {
 		scale = max(scale, t)
 	}
 	lines = append(lines, fit(strings.Join(legend, " "), p.w-14)+st.Dim.Render(fitRight("0–"+fmtMs(scale), 14)))
+	if note := p.remoteNote(); note != "" {
+		lines = append(lines, st.Dim.Render(note))
+		rs = rs[:max(min(len(rs), rows-1), 1)]
+	}
 	label := len(fmt.Sprint(rs[0].epoch)) + 1
 	right := 28
 	if p.w < 60 {
@@ -500,6 +510,16 @@ func (p *phasesPane) View() string {
 	lines = append(lines, "")
 	lines = append(lines, detail...)
 	return strings.Join(block(lines, p.w, p.h), "\n")
+}
+
+// remoteNote says where live phases come from when the app runs on
+// another node: a daemon publishes the phases of its own checkpoints only.
+func (p *phasesPane) remoteNote() string {
+	op := p.ops[p.app]
+	if op == "" || p.self == "" || op == p.self {
+		return ""
+	}
+	return fmt.Sprintf("%s runs on %s, which publishes its phases: here, the epochs %s holds", p.app, op, p.self)
 }
 
 // tail is the text after a bar: total, pages changed, bytes stored and
