@@ -189,6 +189,12 @@ func (n *Node) runner(name string) *runner {
 	return n.runners[name]
 }
 
+// lookupFresh is lookup after syncState: for decisions.
+func (n *Node) lookupFresh(ctx context.Context, name string) (*state.App, error) {
+	n.syncState(ctx)
+	return n.lookup(name)
+}
+
 func (n *Node) lookup(name string) (*state.App, error) {
 	a := n.cluster.State().Apps[name]
 	if a == nil {
@@ -324,7 +330,7 @@ func (n *Node) Run(ctx context.Context, req api.RunRequest) (api.AppInfo, error)
 
 // Checkpoint implements api.Backend: on the OP, now.
 func (n *Node) Checkpoint(ctx context.Context, name string) (api.EpochInfo, error) {
-	a, err := n.lookup(name)
+	a, err := n.lookupFresh(ctx, name)
 	if err != nil {
 		return api.EpochInfo{}, err
 	}
@@ -361,7 +367,7 @@ func (n *Node) checkpointLocal(ctx context.Context, name string) (api.EpochInfo,
 // Restore implements api.Backend: the app is placed on this node with a
 // new term, and this node restores it from its newest epoch (or epoch N).
 func (n *Node) Restore(ctx context.Context, name string, epoch uint64, force bool) (api.AppInfo, error) {
-	a, err := n.lookup(name)
+	a, err := n.lookupFresh(ctx, name)
 	if err != nil {
 		return api.AppInfo{}, err
 	}
@@ -388,7 +394,7 @@ func (n *Node) Restore(ctx context.Context, name string, epoch uint64, force boo
 // Stop implements api.Backend: the app is unplaced with a new term; its OP
 // kills it. Epochs are kept on every node.
 func (n *Node) Stop(ctx context.Context, name string) error {
-	a, err := n.lookup(name)
+	a, err := n.lookupFresh(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -398,13 +404,40 @@ func (n *Node) Stop(ctx context.Context, name string) error {
 	return n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: "", Term: a.Term + 1, Clones: a.Clones, ExpectTerm: a.Term})
 }
 
-// Remove implements api.Backend: the app leaves the cluster state; the OP
-// kills it.
+// Remove implements api.Backend: the app leaves the cluster state; its OP
+// kills it; then every alive node deletes its copy, epochs and
+// registration.
 func (n *Node) Remove(ctx context.Context, name string) error {
 	if _, err := n.lookup(name); err != nil {
 		return err
 	}
-	return n.apply(ctx, state.Command{Type: state.CmdRemoveApp, Name: name})
+	if err := n.apply(ctx, state.Command{Type: state.CmdRemoveApp, Name: name}); err != nil {
+		return err
+	}
+	// The OP's runner stops on the new state; give it the moment it needs.
+	deadline := time.Now().Add(10 * time.Second)
+	for n.runner(name) != nil && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	var errs []string
+	for _, m := range n.members.Members() {
+		if m.State != membership.StateAlive {
+			continue
+		}
+		var err error
+		if m.Name == n.cfg.Name {
+			err = n.forgetLocal(ctx, name)
+		} else if addr := m.Meta.Peer; addr != "" {
+			err = n.peers.Call(ctx, addr, rpcForget, name, nil)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", m.Name, err))
+		}
+	}
+	if len(errs) > 0 {
+		n.log.Warn("app removed, but some nodes kept its data", "app", name, "errors", errs)
+	}
+	return nil
 }
 
 // progress publishes an export's or import's progress as app events, at

@@ -68,7 +68,7 @@ func (n *Node) handlePrepare(ctx context.Context, from string, raw json.RawMessa
 	if st, err := n.engine.App(req.App); err == nil && st.Running() {
 		return nil, fmt.Errorf("%w: %s runs on %s; it cannot be a clone here", api.ErrConflict, req.App, n.cfg.Name)
 	}
-	if _, err := n.engine.Hold(toEngineSpec(spec), req.InitExe, req.InitSum); err != nil {
+	if _, err := n.engine.Hold(toEngineSpec(spec), req.InitExe, req.InitSum, req.Stdout, req.Stderr); err != nil {
 		return nil, err
 	}
 	n.inits.put(req)

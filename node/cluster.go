@@ -23,6 +23,8 @@ const (
 	rpcDetail     = "app.detail"     // OP: app detail with clone health and resource graph
 	rpcPrepare    = "clone.prepare"  // clone: register an app, say whether its init binary is here
 	rpcLeave      = "cluster.leave"  // leader: the calling node shuts down cleanly
+	rpcForget     = "app.forget"     // any node: delete a removed app's local copy and epochs
+	rpcIndex      = "cluster.index"  // leader: its applied raft index
 	streamEpoch   = "epoch"          // clone: receive an epoch (replicate/wire)
 	streamInit    = "init"           // clone: receive an app's init binary
 	maxVoters     = 5                // beyond this, nodes join raft as non-voters
@@ -85,6 +87,26 @@ const maxReadLag = 2 * time.Second
 // waitApplied waits (at most maxReadLag) until this node's state has
 // applied index, so that what a client reads from this node after a
 // change it made here includes the change.
+// syncState waits until this node's copy of the cluster state has applied
+// everything the leader had applied when asked, so that a decision taken
+// here (stop, restore, move) starts from what the cluster already decided
+// elsewhere. Without a reachable leader it returns at once.
+func (n *Node) syncState(ctx context.Context) {
+	if n.cluster.IsLeader() {
+		return
+	}
+	addr, err := n.leaderPeer()
+	if err != nil {
+		return
+	}
+	var rep applyReply
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := n.peers.Call(cctx, addr, rpcIndex, struct{}{}, &rep); err == nil {
+		n.waitApplied(ctx, rep.Index)
+	}
+}
+
 func (n *Node) waitApplied(ctx context.Context, index uint64) {
 	ctx, cancel := context.WithTimeout(ctx, maxReadLag)
 	defer cancel()
@@ -325,6 +347,19 @@ func (n *Node) registerPeerHandlers() {
 	n.peers.HandleStream(streamEvents, n.handleEvents)
 	n.peers.Handle(rpcJournal, n.handleJournalSince)
 	n.peers.Handle(rpcRelocate, n.handleRelocate)
+	n.peers.Handle(rpcIndex, func(ctx context.Context, from string, _ json.RawMessage) (any, error) {
+		if !n.cluster.IsLeader() {
+			return nil, toPeer(state.ErrNotLeader)
+		}
+		return applyReply{Index: n.cluster.State().Index}, nil
+	})
+	n.peers.Handle(rpcForget, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+		var name string
+		if err := json.Unmarshal(raw, &name); err != nil {
+			return nil, err
+		}
+		return nil, toPeer(n.forgetLocal(ctx, name))
+	})
 	n.peers.Handle(rpcLeave, func(ctx context.Context, from string, _ json.RawMessage) (any, error) {
 		if !n.cluster.IsLeader() {
 			return nil, toPeer(state.ErrNotLeader)
@@ -513,6 +548,30 @@ func (n *Node) stopRunner(r *runner) {
 		defer n.wg.Done()
 		r.stop(true)
 	}()
+}
+
+// forgetLocal removes an app that left the cluster state from this node:
+// its copy, epochs and registration. It is asked for by the node that ran
+// doppel rm (not derived from the log, which a node catching up replays
+// after it may have imported the same app again).
+func (n *Node) forgetLocal(ctx context.Context, name string) error {
+	if _, ok := n.cluster.State().Apps[name]; ok {
+		return fmt.Errorf("%w: %s is in the cluster again", api.ErrConflict, name)
+	}
+	for {
+		err := n.engine.Forget(ctx, name)
+		if err == nil || errors.Is(err, replicate.ErrNoApp) {
+			return nil
+		}
+		if !errors.Is(err, replicate.ErrBusy) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // fence kills a local copy of an app whose OP is another node (or none):

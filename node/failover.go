@@ -114,7 +114,7 @@ func (n *Node) promoteLost(ctx context.Context) {
 
 // Failover implements api.Backend.
 func (n *Node) Failover(ctx context.Context, name, to string, force bool) (api.AppInfo, error) {
-	a, err := n.lookup(name)
+	a, err := n.lookupFresh(ctx, name)
 	if err != nil {
 		return api.AppInfo{}, err
 	}

@@ -25,7 +25,7 @@ type relocateRequest struct {
 
 // Relocate implements api.Backend: the OP node runs the move.
 func (n *Node) Relocate(ctx context.Context, name, to string) (api.RelocateResult, error) {
-	a, err := n.lookup(name)
+	a, err := n.lookupFresh(ctx, name)
 	if err != nil {
 		return api.RelocateResult{}, err
 	}

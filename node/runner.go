@@ -127,6 +127,7 @@ func (r *runner) setStatus(status string, err error) {
 	}
 	r.mu.Unlock()
 	if err != nil {
+		r.n.log.Error("app", "app", r.name, "status", status, "err", err)
 		r.n.publish(api.Event{Kind: api.KindError, App: r.name, Message: err.Error()})
 	}
 }
@@ -557,6 +558,10 @@ type prepareRequest struct {
 	App     string `json:"app"`
 	InitExe string `json:"init_exe"`
 	InitSum string `json:"init_sum"`
+	// Stdout and Stderr are the app's log files on the OP: a clone
+	// restores it writing to the same paths.
+	Stdout string `json:"stdout"`
+	Stderr string `json:"stderr"`
 }
 
 type prepareReply struct {
@@ -576,7 +581,7 @@ func (r *runner) sendEpoch(app *state.App, clone string, epoch uint64) (wire.Sta
 		return wire.Stats{}, err
 	}
 	var rep prepareReply
-	if err := n.peers.Call(ctx, addr, rpcPrepare, prepareRequest{App: r.name, InitExe: st.InitExe, InitSum: st.InitSum}, &rep); err != nil {
+	if err := n.peers.Call(ctx, addr, rpcPrepare, prepareRequest{App: r.name, InitExe: st.InitExe, InitSum: st.InitSum, Stdout: st.Stdout, Stderr: st.Stderr}, &rep); err != nil {
 		return wire.Stats{}, fmt.Errorf("prepare: %w", err)
 	}
 	if !rep.HasInit && st.InitExe != "" {

@@ -443,12 +443,11 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 	}
 	committed = true
 	pw.finish()
+	// The log paths stay those of the archive: the restored app keeps
+	// writing to the files it had open (the restore creates them).
 	st := h.App
 	st.Pid, st.PidStart = 0, 0
 	st.LastEpoch = max(st.LastEpoch, h.Epoch)
-	dir := e.apps.path(name)
-	st.Stdout = filepath.Join(dir, "stdout.log")
-	st.Stderr = filepath.Join(dir, "stderr.log")
 	st.Cgroup = ""
 	if err := e.apps.save(&st); err != nil {
 		return nil, nil, err

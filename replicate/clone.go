@@ -12,9 +12,10 @@ import (
 
 // Hold registers an app whose epochs this node receives as a clone: the app
 // is known here (so it can be restored from its newest epoch) but not
-// running. An existing registration keeps its logs and term; a running app
-// is left alone.
-func (e *Engine) Hold(spec Spec, initExe, initSum string) (*AppState, error) {
+// running. stdout and stderr are the app's log files as its OP has them:
+// a restored app keeps writing to the same paths. A running app is left
+// alone.
+func (e *Engine) Hold(spec Spec, initExe, initSum, stdout, stderr string) (*AppState, error) {
 	if err := ValidName(spec.Name); err != nil {
 		return nil, err
 	}
@@ -37,6 +38,9 @@ func (e *Engine) Hold(spec Spec, initExe, initSum string) (*AppState, error) {
 	}
 	st.Spec = spec
 	st.InitExe, st.InitSum = initExe, initSum
+	if stdout != "" {
+		st.Stdout, st.Stderr = stdout, stderr
+	}
 	st.Pid = 0
 	if err := e.apps.save(st); err != nil {
 		return nil, err

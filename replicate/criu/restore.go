@@ -118,6 +118,11 @@ func (d *Driver) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResu
 		if _, dup := opts.InheritFds[key]; dup {
 			return nil, fmt.Errorf("criu restore: append file %s is also in InheritFds", path)
 		}
+		// The path is the one the app had where it was dumped; on this
+		// node its directory may not exist yet.
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("criu restore: %w", err)
+		}
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
 			return nil, fmt.Errorf("criu restore: append file: %w", err)
