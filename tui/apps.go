@@ -2,6 +2,7 @@ package tui
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 	"time"
 
@@ -107,6 +108,12 @@ func (p *appsPane) Update(msg tea.Msg) tea.Cmd {
 		}
 		p.err = nil
 		p.apps = append([]api.AppInfo(nil), msg.apps...)
+		for i := range p.apps {
+			// Clones in a stable order, whatever the daemon's.
+			cs := append([]api.CloneInfo(nil), p.apps[i].Clones...)
+			sort.Slice(cs, func(a, b int) bool { return cs[a].Node < cs[b].Node })
+			p.apps[i].Clones = cs
+		}
 		p.at = msg.at
 		p.follow()
 	case attachedMsg:
