@@ -212,6 +212,10 @@ func newFailoverCmd(a *app) *cobra.Command {
 		Args: nameArg,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := a.client(cmd)
+			if force {
+				fmt.Fprintln(cmd.ErrOrStderr(), "doppel: --force: if the cluster has no majority, the app starts on this node on your word that its OP is down; "+
+					"if the OP is still up, two copies serve until the majority returns (then one of them is ended)")
+			}
 			info, err := c.Failover(cmd.Context(), args[0], to, force)
 			if err != nil {
 				return err

@@ -514,6 +514,8 @@ func (n *Node) reconcileLocal(st state.State) {
 			r.start()
 		case app.OP == n.cfg.Name:
 			r.update(app)
+		case r != nil && r.forcedAt() >= app.Term:
+			// Forced here by the operator; the state has not caught up.
 		case r != nil:
 			delete(n.runners, name)
 			n.stopRunner(r)

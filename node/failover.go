@@ -112,6 +112,40 @@ func (n *Node) promoteLost(ctx context.Context) {
 	}
 }
 
+// forcePromote starts the app on this node without a majority: the
+// operator vouches that the old OP is down. The cluster state cannot record
+// it until the majority is back; then this node claims the next term (or
+// ends its copy if another node won).
+func (n *Node) forcePromote(a *state.App, to string) (api.AppInfo, error) {
+	name := a.Spec.Name
+	if to != "" && to != n.cfg.Name {
+		return api.AppInfo{}, fmt.Errorf("%w: without a majority only the node itself can be forced: run doppel failover %s --force on %s", api.ErrBadRequest, name, to)
+	}
+	if latest, err := n.engine.Store().Latest(name); err != nil || latest == 0 {
+		return api.AppInfo{}, fmt.Errorf("%w: %s holds no epoch of %s", api.ErrConflict, n.cfg.Name, name)
+	}
+	n.mu.Lock()
+	if r := n.runners[name]; r != nil {
+		n.mu.Unlock()
+		return api.AppInfo{}, fmt.Errorf("%w: %s already runs here", api.ErrConflict, name)
+	}
+	forced := a.Clone()
+	forced.OP = n.cfg.Name
+	r := n.newRunner(forced)
+	r.forcedTerm = a.Term
+	n.runners[name] = r
+	r.start()
+	n.mu.Unlock()
+	msg := fmt.Sprintf("FORCED: %s restored on %s without a raft majority, on the operator's word that %s is down. "+
+		"If %s still runs, two copies of %s serve until the majority returns; then this copy is recorded as OP at term %d, or ended if another node was chosen.",
+		name, n.cfg.Name, a.OP, a.OP, name, a.Term+1)
+	n.log.Warn("forced promotion", "app", name, "old_op", a.OP, "term", a.Term)
+	n.publish(api.Event{Kind: api.KindPromotion, App: name, Node: n.cfg.Name, Message: msg})
+	info := baseInfo(forced)
+	info.State = api.AppRestoring
+	return info, nil
+}
+
 // Failover implements api.Backend.
 func (n *Node) Failover(ctx context.Context, name, to string, force bool) (api.AppInfo, error) {
 	a, err := n.lookupFresh(ctx, name)
@@ -123,9 +157,9 @@ func (n *Node) Failover(ctx context.Context, name, to string, force bool) (api.A
 	}
 	if !n.cluster.HasQuorum() {
 		if !force {
-			return api.AppInfo{}, fmt.Errorf("%w: no raft majority: automatic and manual promotion need one; if you are sure the OP %s is down, use --force (risk: two copies serve if it is not)", api.ErrUnavailable, a.OP)
+			return api.AppInfo{}, fmt.Errorf("%w: no raft majority: automatic and manual promotion need one; if you are sure the OP %s is down, run doppel failover %s --force on the clone to promote (risk: two copies serve if the OP is not down)", api.ErrUnavailable, a.OP, name)
 		}
-		return api.AppInfo{}, fmt.Errorf("%w: no raft majority: the cluster state cannot record a promotion; bring back a majority of the voters (or a witness)", api.ErrUnavailable)
+		return n.forcePromote(a, to)
 	}
 	na, err := n.promote(ctx, a, to, "operator request")
 	if err != nil {

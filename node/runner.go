@@ -40,7 +40,12 @@ type runner struct {
 	fenced        bool
 	noQuorumSince time.Time
 	moving        bool // a relocation holds the app: no periodic epochs
-	healthFails   int
+	// forcedTerm is set when the operator promoted this node without a
+	// majority (failover --force): the cluster state still names another
+	// OP at this term; the runner records itself as OP once the majority is
+	// back, or ends its copy if another node won meanwhile.
+	forcedTerm  uint64
+	healthFails int
 
 	kick   chan chan checkpointResult
 	ctx    context.Context
@@ -177,6 +182,12 @@ func (r *runner) loop() {
 	}
 }
 
+func (r *runner) forcedAt() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.forcedTerm
+}
+
 func (r *runner) isMoving() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -214,6 +225,17 @@ func (r *runner) checkQuorum(lease time.Duration) {
 	n := r.n
 	ok := n.cluster.HasQuorum()
 	r.mu.Lock()
+	forced := r.forcedTerm
+	r.mu.Unlock()
+	if forced > 0 {
+		// Promoted by the operator without a majority: no fencing; once
+		// the majority is back, make it the cluster's decision.
+		if ok {
+			r.claim(forced)
+		}
+		return
+	}
+	r.mu.Lock()
 	switch {
 	case ok:
 		r.noQuorumSince = time.Time{}
@@ -246,6 +268,34 @@ func (r *runner) checkQuorum(lease time.Duration) {
 		}
 		n.publish(api.Event{Kind: api.KindApp, App: r.name, Message: fmt.Sprintf("%s unfenced on %s: majority back", r.name, n.cfg.Name)})
 	}
+}
+
+// claim records a forced promotion in the cluster state at term+1, or, if
+// another node became OP meanwhile, ends this copy.
+func (r *runner) claim(term uint64) {
+	n := r.n
+	cur := n.cluster.State().Apps[r.name]
+	if cur == nil {
+		return
+	}
+	err := n.apply(r.ctx, state.Command{Type: state.CmdPlace, Name: r.name, OP: n.cfg.Name, Term: term + 1,
+		Clones: PlaceClones(n.cfg.Name, cur.Spec.Replicas, cur.Clones, n.candidates()), ExpectTerm: term})
+	r.mu.Lock()
+	r.forcedTerm = 0
+	r.mu.Unlock()
+	if err != nil {
+		n.log.Warn("forced promotion lost: another OP was chosen; ending this copy", "app", r.name, "err", err)
+		n.publish(api.Event{Kind: api.KindError, App: r.name, Message: fmt.Sprintf("forced copy of %s on %s ended: %v", r.name, n.cfg.Name, err)})
+		n.mu.Lock()
+		if n.runners[r.name] == r {
+			delete(n.runners, r.name)
+			n.stopRunner(r)
+		}
+		n.mu.Unlock()
+		return
+	}
+	n.publish(api.Event{Kind: api.KindPromotion, App: r.name, Node: n.cfg.Name,
+		Message: fmt.Sprintf("forced promotion of %s to %s recorded at term %d: the majority is back", r.name, n.cfg.Name, term+1)})
 }
 
 // wait sleeps d unless the runner stops (false) or a checkpoint is asked
