@@ -26,7 +26,9 @@ type CheckpointOptions struct {
 	// pauses the ingress proxy at a message boundary and returns the
 	// journal position to record. Nil: position 0.
 	Barrier func(ctx context.Context) (uint64, error)
-	// Resume is called as soon as the app runs again (success or not).
+	// Resume is called as soon as the app runs again (success or not),
+	// or, for an app that was frozen before the checkpoint (fenced) and
+	// stays so, when the checkpoint lets go of it.
 	Resume func()
 	// Final ends the app with the checkpoint: CRIU kills the tree once it
 	// is dumped (a relocation's last epoch), so nothing runs after the
@@ -103,15 +105,29 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 
 	// Everything below runs with the app frozen until thaw() is called;
 	// every return path thaws it.
+	// An app frozen before the checkpoint (fenced: Engine.Freeze) is
+	// already at a barrier and stays frozen after it. Otherwise a marker
+	// file says, while the app is frozen, that a checkpoint froze it: if
+	// this process dies, the next one to take the app's lock thaws it (see
+	// thawIfAbandoned), and only then.
+	wasFrozen, err := cg.Frozen()
+	if err != nil {
+		return nil, err
+	}
+	marker := e.frozenMarker(name)
 	frozen := false
 	thaw := func() {
 		if !frozen {
 			return
 		}
-		if err := cg.Thaw(); err != nil {
-			e.log.Error("thaw failed", "app", name, "err", err)
-		}
 		frozen = false
+		if !wasFrozen {
+			if err := cg.Thaw(); err != nil {
+				e.log.Error("thaw failed", "app", name, "err", err)
+			} else {
+				_ = os.Remove(marker)
+			}
+		}
 		if opts.Resume != nil {
 			opts.Resume()
 		}
@@ -120,9 +136,17 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 
 	// PSB: every process stopped at once, the proxy paused.
 	clock.begin(PSB)
-	fctx, cancel := context.WithTimeout(ctx, e.cfg.FreezeTimeout)
-	err = cg.Freeze(fctx)
-	cancel()
+	if !wasFrozen {
+		err = os.WriteFile(marker, nil, 0o600)
+	}
+	if err == nil {
+		fctx, cancel := context.WithTimeout(ctx, e.cfg.FreezeTimeout)
+		err = cg.Freeze(fctx)
+		cancel()
+		if err != nil && !wasFrozen {
+			_ = os.Remove(marker) // Freeze thawed it again
+		}
+	}
 	if err == nil {
 		frozen = true
 		if opts.Barrier != nil {

@@ -169,25 +169,31 @@ func (e *Engine) thawAbandoned() {
 	}
 }
 
-// thawIfAbandoned thaws the app's cgroup if it is frozen. The caller holds
-// the app's lock, so no checkpoint of it is in progress: a frozen cgroup is
-// what a checkpoint interrupted by the death of its process left behind.
+// thawIfAbandoned thaws the app if a checkpoint froze it and its process
+// died before thawing it: the marker that checkpoint wrote is still there.
+// The caller holds the app's lock, so no checkpoint of it is in progress.
+// An app frozen on purpose (Engine.Freeze) has no marker and stays frozen.
 func (e *Engine) thawIfAbandoned(st *AppState) {
-	if st.Cgroup == "" {
+	marker := e.frozenMarker(st.Spec.Name)
+	if _, err := os.Stat(marker); err != nil {
 		return
 	}
 	cg, err := freezer.Open(e.cfg.Freezer, st.Spec.Name)
 	if err != nil {
 		return
 	}
-	if frozen, err := cg.Frozen(); err != nil || !frozen {
-		return
-	}
 	if err := cg.Thaw(); err != nil {
 		e.log.Error("cannot thaw app left frozen by an interrupted checkpoint", "app", st.Spec.Name, "err", err)
 		return
 	}
+	_ = os.Remove(marker)
 	e.log.Warn("thawed app left frozen by an interrupted checkpoint", "app", st.Spec.Name, "pid", st.Pid)
+}
+
+// frozenMarker is the file that exists while a checkpoint holds the app
+// frozen.
+func (e *Engine) frozenMarker(name string) string {
+	return filepath.Join(e.apps.path(name), "checkpoint-frozen")
 }
 
 // Close stops a background GC (at a safe point), waits for it and releases
@@ -418,6 +424,7 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 	if err := e.kill(ctx, st); err != nil {
 		return err
 	}
+	_ = os.Remove(e.frozenMarker(name))
 	st.Pid, st.PidStart = 0, 0
 	return e.apps.save(st)
 }

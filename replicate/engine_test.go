@@ -140,7 +140,7 @@ func TestWholeApp(t *testing.T) {
 	}
 
 	barrier := parseTicks(t, atBarrier)
-	checkTicks(t, barrier, a.nonce)
+	checkTicks(t, a, barrier)
 	b := len(barrier)
 	// Run well past the barrier, then stop: the app loses that progress.
 	beforeStop := waitTicks(t, a.data, b+40)
@@ -185,7 +185,7 @@ func TestWholeApp(t *testing.T) {
 	// History continues without gap or repeat, the segment intact at every
 	// tick.
 	after := waitTicks(t, a.data, int(s.counter)+20)
-	checkTicks(t, after, a.nonce)
+	checkTicks(t, a, after)
 	if s2 := held.state(t); s2.counter <= s.counter {
 		t.Fatalf("counter %d, then %d: the restored app does not run", s.counter, s2.counter)
 	}
@@ -496,7 +496,7 @@ func TestExportImport(t *testing.T) {
 	if s.nonce != a.nonce || s.counter < uint64(b) || s.counter >= uint64(atStop) || !s.shmOK || s.shm != s.counter {
 		t.Fatalf("state after restore %+v: want nonce %s, counter from the barrier (%d) below %d, segment = counter", s, a.nonce, b, atStop)
 	}
-	checkTicks(t, waitTicks(t, a.data, int(s.counter)+20), a.nonce)
+	checkTicks(t, a, waitTicks(t, a.data, int(s.counter)+20))
 
 	// The new node checkpoints the app on from the imported epoch.
 	ep3, err := dst.Checkpoint(t.Context(), a.name, CheckpointOptions{})

@@ -497,3 +497,50 @@ func TestEpochNumbers(t *testing.T) {
 	}
 	stopAndWait(t, e, a.name)
 }
+
+// TestFencedAppStaysFrozen checks that an app frozen on purpose (Freeze,
+// as fencing does) is thawed neither by a new engine nor by a checkpoint,
+// which captures it as it is.
+func TestFencedAppStaysFrozen(t *testing.T) {
+	requireE2E(t)
+	state := t.TempDir()
+	e := newEngine(t, state, nil)
+	a := startApp(t, e, "fenced", appOpts{tick: 10 * time.Millisecond, dataDir: t.TempDir()})
+	waitTicks(t, a.data, 5)
+	if err := e.Freeze(t.Context(), a.name); err != nil {
+		t.Fatal(err)
+	}
+	n := len(readTicks(t, a.data))
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e = newEngine(t, state, nil)
+	if !frozen(t, e, a.name) {
+		t.Fatal("opening an engine thawed a fenced app")
+	}
+	resumed := 0
+	ep, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{Resume: func() { resumed++ }})
+	if err != nil {
+		t.Fatalf("checkpoint of a fenced app: %v", err)
+	}
+	if !frozen(t, e, a.name) || resumed != 1 {
+		t.Fatalf("after checkpointing a fenced app: frozen %t, Resume called %d times; want frozen, 1", frozen(t, e, a.name), resumed)
+	}
+	if got := len(readTicks(t, a.data)); got != n {
+		t.Fatalf("a fenced app wrote %d lines", got-n)
+	}
+	if ep.Manifest.Epoch != 1 {
+		t.Errorf("epoch %d, want 1", ep.Manifest.Epoch)
+	}
+	if err := e.Thaw(a.name); err != nil {
+		t.Fatal(err)
+	}
+	waitTicks(t, a.data, n+10)
+	stopAndWait(t, e, a.name)
+	// The epoch taken while fenced restores.
+	if _, _, err := e.Restore(t.Context(), a.name, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkTicks(t, a, waitTicks(t, a.data, n+10))
+	stopAndWait(t, e, a.name)
+}
