@@ -166,6 +166,7 @@ func newActions(km KeyMap, demo Demo) []action {
 			},
 		},
 	}
+	acts = append(acts, moveActions(km)...)
 	if demo != nil {
 		acts = append(acts, action{
 			name: "kill node",
@@ -193,4 +194,117 @@ func newActions(km KeyMap, demo Demo) []action {
 		})
 	}
 	return acts
+}
+
+var errNoNode = errors.New("select a node first (Nodes pane)")
+
+// moveActions are the maintenance actions: relocate the selected app to
+// the selected node, fail it over to a clone, drain and undrain a node.
+func moveActions(km KeyMap) []action {
+	return []action{
+		{
+			name: "relocate",
+			key:  km.Relocate,
+			check: func(t target) error {
+				switch {
+				case !t.HasApp:
+					return errNoApp
+				case !t.HasNode || t.Node.Name == t.App.OP:
+					return fmt.Errorf("select the target node in the Nodes pane (not %s, where %s runs)", t.App.OP, t.App.Name)
+				case t.App.OP == "":
+					return fmt.Errorf("%s is stopped", t.App.Name)
+				}
+				return nil
+			},
+			confirm: func(t target) string {
+				how := "a full copy first"
+				if t.holdsClone(t.Node.Name) {
+					how = "only the last delta, it holds a clone"
+				}
+				return fmt.Sprintf("relocate %s from %s to %s (%s)?", t.App.Name, t.App.OP, t.Node.Name, how)
+			},
+			run: func(ctx context.Context, t target) actionResult {
+				res, err := t.Src.Relocate(ctx, t.App.Name, t.Node.Name)
+				if err != nil {
+					return actionResult{err: err}
+				}
+				return actionResult{text: fmt.Sprintf("%s moved %s → %s: pause %s, %s in the last epoch",
+					res.App, res.From, res.To, fmtMs(res.PauseMs), humanBytes(res.BytesSent))}
+			},
+		},
+		{
+			name: "failover",
+			key:  km.Failover,
+			check: func(t target) error {
+				if !t.HasApp {
+					return errNoApp
+				}
+				if len(t.App.Clones) == 0 {
+					return fmt.Errorf("%s has no clone", t.App.Name)
+				}
+				return nil
+			},
+			confirm: func(t target) string {
+				if t.HasNode && t.holdsClone(t.Node.Name) {
+					return fmt.Sprintf("fail %s over to its clone %s now (as if %s died)?", t.App.Name, t.Node.Name, t.App.OP)
+				}
+				return fmt.Sprintf("fail %s over to the clone holding the newest epoch now (as if %s died)?", t.App.Name, t.App.OP)
+			},
+			run: func(ctx context.Context, t target) actionResult {
+				to := ""
+				if t.HasNode && t.holdsClone(t.Node.Name) {
+					to = t.Node.Name
+				}
+				info, err := t.Src.Failover(ctx, t.App.Name, to, false)
+				if err != nil {
+					return actionResult{err: err}
+				}
+				return actionResult{text: fmt.Sprintf("%s promoted on %s (term %d)", info.Name, info.OP, info.Term),
+					waitApp: info.Name, waitState: api.AppRunning, waitNode: info.OP}
+			},
+		},
+		{
+			name: "drain",
+			key:  km.Drain,
+			check: func(t target) error {
+				if !t.HasNode {
+					return errNoNode
+				}
+				if t.Node.Drained {
+					return fmt.Errorf("%s is already drained", t.Node.Name)
+				}
+				return nil
+			},
+			confirm: func(t target) string {
+				return fmt.Sprintf("drain %s: move its apps %v away, one at a time, and keep it unschedulable?", t.Node.Name, t.Node.Apps)
+			},
+			run: func(ctx context.Context, t target) actionResult {
+				res, err := t.Src.Drain(ctx, t.Node.Name)
+				if err != nil {
+					return actionResult{err: err}
+				}
+				return actionResult{text: fmt.Sprintf("%s drained: %d app(s) moved", res.Node, len(res.Moves))}
+			},
+		},
+		{
+			name: "undrain",
+			key:  km.Undrain,
+			check: func(t target) error {
+				if !t.HasNode {
+					return errNoNode
+				}
+				if !t.Node.Drained {
+					return fmt.Errorf("%s is not drained", t.Node.Name)
+				}
+				return nil
+			},
+			confirm: func(t target) string { return fmt.Sprintf("make %s schedulable again?", t.Node.Name) },
+			run: func(ctx context.Context, t target) actionResult {
+				if err := t.Src.Undrain(ctx, t.Node.Name); err != nil {
+					return actionResult{err: err}
+				}
+				return actionResult{text: t.Node.Name + " is schedulable"}
+			},
+		},
+	}
 }

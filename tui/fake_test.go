@@ -154,6 +154,28 @@ func (f *fakeSource) Stop(ctx context.Context, name string) error {
 	return f.call("Stop " + name)
 }
 
+func (f *fakeSource) Relocate(ctx context.Context, name, to string) (api.RelocateResult, error) {
+	if err := f.call("Relocate " + name + " " + to); err != nil {
+		return api.RelocateResult{}, err
+	}
+	return api.RelocateResult{App: name, To: to, PauseMs: 12}, nil
+}
+
+func (f *fakeSource) Failover(ctx context.Context, name, to string, force bool) (api.AppInfo, error) {
+	if err := f.call("Failover " + name + " " + to); err != nil {
+		return api.AppInfo{}, err
+	}
+	return api.AppInfo{Name: name, OP: to, Term: 2, State: api.AppRestoring}, nil
+}
+
+func (f *fakeSource) Drain(ctx context.Context, node string) (api.DrainResult, error) {
+	return api.DrainResult{Node: node}, f.call("Drain " + node)
+}
+
+func (f *fakeSource) Undrain(ctx context.Context, node string) error {
+	return f.call("Undrain " + node)
+}
+
 func (f *fakeSource) Events(ctx context.Context) (EventStream, error) {
 	if err := f.call("Events"); err != nil {
 		return nil, err

@@ -21,6 +21,10 @@ type KeyMap struct {
 	Stop       key.Binding
 	Restore    key.Binding
 	Kill       key.Binding // demo only: simulate a node failure
+	Relocate   key.Binding
+	Failover   key.Binding
+	Drain      key.Binding
+	Undrain    key.Binding
 	Attach     key.Binding // attach to the selected node (demo: any node)
 	Confirm    key.Binding
 	Cancel     key.Binding
@@ -55,6 +59,10 @@ func DefaultKeyMap() KeyMap {
 		Stop:       key.NewBinding(key.WithKeys("s"), key.WithHelp("s", "stop app")),
 		Restore:    key.NewBinding(key.WithKeys("r"), key.WithHelp("r", "restore here")),
 		Kill:       key.NewBinding(key.WithKeys("x"), key.WithHelp("x", "kill node (demo)")),
+		Relocate:   key.NewBinding(key.WithKeys("m"), key.WithHelp("m", "move app to the selected node")),
+		Failover:   key.NewBinding(key.WithKeys("F"), key.WithHelp("F", "fail over to a clone")),
+		Drain:      key.NewBinding(key.WithKeys("d"), key.WithHelp("d", "drain node")),
+		Undrain:    key.NewBinding(key.WithKeys("u"), key.WithHelp("u", "undrain node")),
 		Attach:     key.NewBinding(key.WithKeys("a"), key.WithHelp("a", "attach to node")),
 		Confirm:    key.NewBinding(key.WithKeys("y", "Y"), key.WithHelp("y", "confirm")),
 		Cancel:     key.NewBinding(key.WithKeys("n", "N", "esc"), key.WithHelp("n/esc", "cancel")),

@@ -19,6 +19,10 @@ type Source interface {
 	Checkpoint(ctx context.Context, name string) (api.EpochInfo, error)
 	Restore(ctx context.Context, name string, epoch uint64, force bool) (api.AppInfo, error)
 	Stop(ctx context.Context, name string) error
+	Relocate(ctx context.Context, name, to string) (api.RelocateResult, error)
+	Failover(ctx context.Context, name, to string, force bool) (api.AppInfo, error)
+	Drain(ctx context.Context, node string) (api.DrainResult, error)
+	Undrain(ctx context.Context, node string) error
 	// Events opens the event stream; it ends when ctx ends or the stream
 	// is closed.
 	Events(ctx context.Context) (EventStream, error)
