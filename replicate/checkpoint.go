@@ -210,6 +210,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	}
 	m.CRIUStats = statsMap(res.Stats)
 	err = tx.AddImageDir(ctx, imgDir)
+	cleanup() // the images are in the store now: give the tmpfs back
 	m.Phases.PRM = clock.end(err)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: store images: %w", name, err)
