@@ -54,12 +54,6 @@ type Config struct {
 // DefaultConfig is the production configuration under /var/lib/doppel.
 func DefaultConfig() Config {
 	st := store.DefaultConfig()
-	// One hashing worker: with several, the store's page ingest can
-	// deadlock when one worker is descheduled while holding the next batch
-	// to consume and the others take every read buffer (seen on a loaded
-	// two-core node); one worker produces batches in order and cannot.
-	// Reading and hashing still overlap with storing.
-	st.Workers = 1
 	return Config{
 		StateDir: "/var/lib/doppel",
 		CRIU:     criu.DefaultConfig(),

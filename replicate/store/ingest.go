@@ -279,24 +279,33 @@ func (t *Txn) ingestPages(ctx context.Context, path string, size int64, pm *page
 		free <- make([]byte, hashBatch*PageSize)
 	}
 	stop := make(chan struct{})
-	defer close(stop)
 	var next atomic.Int64
 	zero := ZeroPageHash()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// On an early return the workers must be told to stop before they are
+	// waited for.
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
-				b := int(next.Add(1) - 1)
-				if b >= batches {
-					return
-				}
+				// A buffer first, then the next batch: the oldest batch
+				// not yet hashed always holds a buffer, so the consumer,
+				// which frees buffers in batch order, never waits on a
+				// batch that cannot get one.
 				var buf []byte
 				select {
 				case buf = <-free:
 				case <-stop:
+					return
+				}
+				b := int(next.Add(1) - 1)
+				if b >= batches {
+					free <- buf
 					return
 				}
 				off := int64(b) * hashBatch * PageSize
