@@ -276,38 +276,29 @@ func (s *kvService) diagnose(t testing.TB, since time.Time) {
 	}
 }
 
-// staleAnswers finds answers that came from a node after another node
-// opened the app's service more recently than it: a client answered by a
-// deposed OP while the new one served.
-func staleAnswers(s *kvService, acks []ack, evs []nodeEvent) []string {
-	type open struct {
-		at   time.Time
-		node string
-	}
-	var opens []open
-	for _, ev := range evs {
-		if isServiceOpen(s.Name, ev) {
-			opens = append(opens, open{ev.Time, ev.Node})
-		}
-	}
+// staleAnswers finds answers from a deposed OP: an answer from a node,
+// to a request sent after another node opened the app's service at a
+// higher term than the term under which the answering node serves.
+func staleAnswers(s *kvService, acks []ack, evs []nodeEvent, faults []fault) []string {
+	iv := servingIntervals(s.Name, evs, faults, time.Now().Add(time.Hour))
 	var bad []string
 	for _, a := range acks {
 		node := s.nodeOfAddr(a.Addr)
-		var mine time.Time
-		for _, o := range opens {
-			if o.node == node && !o.at.After(a.Got) {
-				mine = o.at
+		var mine *serving
+		for i := range iv {
+			if iv[i].Node == node && !iv[i].Open.After(a.Got) {
+				mine = &iv[i]
 			}
 		}
-		if mine.IsZero() {
-			bad = append(bad, fmt.Sprintf("request %d answered by %s at %s, which never opened the service before",
-				a.Seq, node, a.Got.Format("15:04:05.000")))
+		if mine == nil {
+			bad = append(bad, fmt.Sprintf("request %s answered by %s at %s, which had not opened the service",
+				a.ID, node, a.Got.Format("15:04:05.000")))
 			continue
 		}
-		for _, o := range opens {
-			if o.node != node && o.at.After(mine) && o.at.Before(a.Sent) {
-				bad = append(bad, fmt.Sprintf("request %d sent at %s answered by %s (service open since %s) though %s opened it at %s",
-					a.Seq, a.Sent.Format("15:04:05.000"), node, mine.Format("15:04:05.000"), o.node, o.at.Format("15:04:05.000")))
+		for _, o := range iv {
+			if o.Node != node && o.Term > mine.Term && o.Open.Before(a.Sent) {
+				bad = append(bad, fmt.Sprintf("request %s sent at %s answered by %s (serving at term %d since %s) though %s serves at term %d since %s",
+					a.ID, a.Sent.Format("15:04:05.000"), node, mine.Term, mine.Open.Format("15:04:05.000"), o.Node, o.Term, o.Open.Format("15:04:05.000")))
 				break
 			}
 		}

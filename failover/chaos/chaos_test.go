@@ -158,7 +158,7 @@ func finalChecks(t *testing.T, c *cluster, s *kvService, loads ...*load) {
 	if still != 1 {
 		t.Errorf("%d nodes have the service open at the end, want 1: %+v", still, iv)
 	}
-	reportAll(t, "two OPs answered clients", staleAnswers(s, acks, evs))
+	reportAll(t, "two OPs answered clients", staleAnswers(s, acks, evs, faults))
 	if len(iv) > 0 {
 		t.Logf("service intervals: %d (terms %d..%d)", len(iv), iv[0].Term, iv[len(iv)-1].Term)
 	}
@@ -343,10 +343,15 @@ func TestChaosPartition(t *testing.T) {
 		cp := s.copies()
 		return len(cp) == 1, fmt.Sprintf("copies %v", cp)
 	})
-	if ev, ok := c.rec.find(contAt, func(ev nodeEvent) bool { return ev.Node == op.Name && isServiceEnd(s.Name, ev) }); ok {
-		t.Logf("%s after the resume: %s (%s after it)", op.Name, ev.Message, ev.Time.Sub(contAt).Round(time.Millisecond))
-	} else {
+	var end nodeEvent
+	if _, err := poll(10*time.Second, func() (bool, string) {
+		var ok bool
+		end, ok = c.rec.find(contAt, func(ev nodeEvent) bool { return ev.Node == op.Name && isServiceEnd(s.Name, ev) })
+		return ok, "no event"
+	}); err != nil {
 		t.Errorf("%s published no end of its service after the resume", op.Name)
+	} else {
+		t.Logf("%s after the resume: %s (%s after it)", op.Name, end.Message, end.Time.Sub(contAt).Round(time.Millisecond))
 	}
 	s.waitInSync(90*time.Second, op.Name)
 	if err := l.waitAcks(200, 30*time.Second); err != nil {

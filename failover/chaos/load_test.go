@@ -37,6 +37,7 @@ type loadConfig struct {
 
 // ack is one acknowledged request.
 type ack struct {
+	ID    string
 	Seq   int   // request number of its worker, from 1
 	Value int64 // the app's answer: the key's value after it
 	// Sent and Got frame the attempt that was answered; Addr is where.
@@ -202,7 +203,7 @@ func (w *worker) do(seq int) error {
 			return fmt.Errorf("request %s answered %q by %s", w.id(seq), strings.TrimSpace(reply), addr)
 		}
 		w.mu.Lock()
-		w.acks = append(w.acks, ack{Seq: seq, Value: v, Sent: sent, Got: got, Addr: addr})
+		w.acks = append(w.acks, ack{ID: w.id(seq), Seq: seq, Value: v, Sent: sent, Got: got, Addr: addr})
 		w.mu.Unlock()
 		return nil
 	}

@@ -224,10 +224,15 @@ func servingIntervals(app string, evs []nodeEvent, faults []fault, end time.Time
 	var out []serving
 	for _, m := range marks {
 		cur := open[m.node]
+		if m.open && cur != nil {
+			// Reopened without a recorded end (a restart by policy, an
+			// unfence): a new interval, at the node's newest term.
+			cur.Close, cur.Why = m.at, "reopened"
+			out = append(out, *cur)
+			delete(open, m.node)
+			cur = nil
+		}
 		switch {
-		case m.open && cur != nil:
-			// Reopened without a recorded end (a restart by policy):
-			// one continuous interval on the same node.
 		case m.open:
 			s := &serving{Node: m.node, Open: m.at}
 			for _, t := range terms[m.node] {

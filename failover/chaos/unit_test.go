@@ -327,23 +327,36 @@ func TestServingIntervals(t *testing.T) {
 }
 
 // TestStaleAnswers: an answer from a node, to a request sent after
-// another node opened the service more recently, is reported.
+// another node opened the service at a higher term, is reported, also
+// when the deposed node reopens its service later.
 func TestStaleAnswers(t *testing.T) {
 	c := &cluster{nodes: []*daemon{{Name: "n1", IP: "10.0.0.11"}, {Name: "n2", IP: "10.0.0.12"}}}
 	s := &kvService{c: c, Name: "kv", Port: 7000}
 	evs := []nodeEvent{
 		appEv("n1", 1, api.KindApp, "service of kv open on 10.0.0.11:7000"),
+		{Node: "n3", Event: api.Event{Time: at(9), Kind: api.KindPromotion, App: "kv", Node: "n2", Message: "n2 promoted to OP of kv at term 2: x"}},
 		appEv("n2", 10, api.KindApp, "service of kv open on 10.0.0.12:7000"),
+		appEv("n1", 11.5, api.KindError, "kv fenced on n1: no contact"),
+		appEv("n1", 12, api.KindApp, "service of kv open on 10.0.0.11:7000"), // reopened at its old term
 	}
 	acks := []ack{
-		{Seq: 1, Sent: at(2), Got: at(2.1), Addr: "10.0.0.11:7000"},
-		{Seq: 2, Sent: at(9.9), Got: at(10.2), Addr: "10.0.0.11:7000"}, // sent before n2 opened
-		{Seq: 3, Sent: at(10.5), Got: at(10.6), Addr: "10.0.0.12:7000"},
-		{Seq: 4, Sent: at(11), Got: at(11.1), Addr: "10.0.0.11:7000"}, // stale
+		{ID: "a", Sent: at(2), Got: at(2.1), Addr: "10.0.0.11:7000"},
+		{ID: "b", Sent: at(9.9), Got: at(10.2), Addr: "10.0.0.11:7000"}, // sent before n2 opened
+		{ID: "c", Sent: at(10.5), Got: at(10.6), Addr: "10.0.0.12:7000"},
+		{ID: "d", Sent: at(11), Got: at(11.1), Addr: "10.0.0.11:7000"},   // deposed
+		{ID: "e", Sent: at(12.5), Got: at(12.6), Addr: "10.0.0.12:7000"}, // the OP
+		{ID: "f", Sent: at(12.5), Got: at(12.7), Addr: "10.0.0.11:7000"}, // deposed, reopened
 	}
-	bad := staleAnswers(s, acks, evs)
-	if len(bad) != 1 || !strings.Contains(bad[0], "request 4") {
-		t.Errorf("stale answers %v, want request 4 only", bad)
+	bad := strings.Join(staleAnswers(s, acks, evs, nil), "\n")
+	for _, id := range []string{"a", "b", "c", "e"} {
+		if strings.Contains(bad, "request "+id+" ") {
+			t.Errorf("request %s reported: %s", id, bad)
+		}
+	}
+	for _, id := range []string{"d", "f"} {
+		if !strings.Contains(bad, "request "+id+" ") {
+			t.Errorf("request %s not reported: %s", id, bad)
+		}
 	}
 }
 
@@ -363,5 +376,32 @@ func TestPercentile(t *testing.T) {
 	}
 	if p := percentile(nil, 50); p != 0 {
 		t.Errorf("empty %s", p)
+	}
+}
+
+// TestStaleAnswersAfterKills: a node killed and later promoted again
+// serves at its new term; the node it replaced no longer may.
+func TestStaleAnswersAfterKills(t *testing.T) {
+	c := &cluster{nodes: []*daemon{{Name: "n1", IP: "10.0.0.11"}, {Name: "n2", IP: "10.0.0.12"}}}
+	s := &kvService{c: c, Name: "kv", Port: 7000}
+	promote := func(node string, sec float64, term int) nodeEvent {
+		return nodeEvent{Node: "n3", Event: api.Event{Time: at(sec), Kind: api.KindPromotion, App: "kv", Node: node,
+			Message: fmt.Sprintf("%s promoted to OP of kv at term %d: x", node, term)}}
+	}
+	evs := []nodeEvent{
+		appEv("n1", 1, api.KindApp, "service of kv open on 10.0.0.11:7000"),
+		promote("n2", 3.5, 2),
+		appEv("n2", 4, api.KindApp, "service of kv open on 10.0.0.12:7000"),
+		promote("n1", 6.5, 3),
+		appEv("n1", 7, api.KindApp, "service of kv open on 10.0.0.11:7000"),
+	}
+	faults := []fault{{Node: "n1", At: at(3), Kill: true}}
+	acks := []ack{
+		{ID: "a", Sent: at(8), Got: at(8.1), Addr: "10.0.0.11:7000"},
+		{ID: "b", Sent: at(8), Got: at(8.1), Addr: "10.0.0.12:7000"},
+	}
+	bad := staleAnswers(s, acks, evs, faults)
+	if len(bad) != 1 || !strings.Contains(bad[0], "request b ") {
+		t.Errorf("stale answers %v, want request b only", bad)
 	}
 }
