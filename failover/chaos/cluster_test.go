@@ -49,6 +49,7 @@ type cluster struct {
 	mu     sync.Mutex
 	faults []fault
 	cut    []int // nodes cut off by partition
+	nsMade []int // nodes whose network namespace was created
 }
 
 // fault is an injected failure of a node: a kill (To zero) or a SIGSTOP
@@ -173,6 +174,9 @@ func (c *cluster) addNetns(i int) {
 	c.t.Helper()
 	ns := c.ns(i)
 	c.must("ip", "netns", "add", ns)
+	c.mu.Lock()
+	c.nsMade = append(c.nsMade, i)
+	c.mu.Unlock()
 	c.must("ip", "link", "add", c.vethOut(i), "type", "veth", "peer", "name", c.vethIn(i))
 	c.must("ip", "link", "set", c.vethIn(i), "netns", ns)
 	c.must("ip", "link", "set", c.vethOut(i), "master", c.bridge())
@@ -610,7 +614,11 @@ func (c *cluster) cleanup() {
 		_ = os.Remove(d)
 	}
 	if c.netns != "" {
-		for i := range c.nodes {
+		c.mu.Lock()
+		made := slices.Clone(c.nsMade)
+		c.mu.Unlock()
+		slices.Sort(made)
+		for _, i := range slices.Compact(made) {
 			_ = exec.Command("ip", "netns", "del", c.ns(i)).Run()
 			_ = exec.Command("ip", "link", "del", c.vethOut(i)).Run()
 		}
