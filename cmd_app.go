@@ -42,7 +42,7 @@ func newRunCmd(a *app) *cobra.Command {
 	var replicas int
 	var interval time.Duration
 	var wait time.Duration
-	var service, framing, journalMode, policy, health string
+	var service, framing, journalMode, policy, health, vipAddr, vipDev string
 	cmd := &cobra.Command{
 		Use:   "run NAME [--replicas N] [--interval D] [--data PATH]... [--service LISTEN=TARGET] -- CMD [ARGS...]",
 		Short: "Start an application under doppel and replicate it to N clones",
@@ -84,9 +84,9 @@ func newRunCmd(a *app) *cobra.Command {
 				if !ok || listen == "" || target == "" {
 					return usageError{fmt.Errorf("--service %q: use LISTEN=TARGET, e.g. :7000=127.0.0.1:8000", service)}
 				}
-				req.Service = &api.Service{Listen: listen, Target: target, Framing: framing, Journal: journalMode}
-			} else if cmd.Flags().Changed("framing") || cmd.Flags().Changed("journal") {
-				return usageError{fmt.Errorf("--framing and --journal need --service LISTEN=TARGET")}
+				req.Service = &api.Service{Listen: listen, Target: target, Framing: framing, Journal: journalMode, VIP: vipAddr, VIPDev: vipDev}
+			} else if cmd.Flags().Changed("framing") || cmd.Flags().Changed("journal") || vipAddr != "" {
+				return usageError{fmt.Errorf("--framing, --journal and --vip need --service LISTEN=TARGET")}
 			}
 			c := a.client(cmd)
 			info, err := c.Run(cmd.Context(), req)
@@ -113,6 +113,8 @@ func newRunCmd(a *app) *cobra.Command {
 	f.StringVar(&framing, "framing", "line", "how the service cuts messages: line, len32 or raw")
 	f.StringVar(&journalMode, "journal", "sync", "service journal: sync (forward once a clone stored it), async, or off")
 	f.StringVar(&health, "health", "", "health check: tcp:HOST:PORT, http://HOST:PORT/PATH or cmd:COMMAND; 3 failures in a row count as the app dying")
+	f.StringVar(&vipAddr, "vip", "", "floating service address ADDR/PREFIX moved with the OP (needs --vip-dev)")
+	f.StringVar(&vipDev, "vip-dev", "", "network device of each node that carries the --vip address")
 	f.StringVar(&policy, "policy", "restart", "when the app dies by itself: restart (restore it from its newest epoch), failover (promote a clone), none")
 	return cmd
 }

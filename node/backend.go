@@ -311,7 +311,8 @@ func (n *Node) Run(ctx context.Context, req api.RunRequest) (api.AppInfo, error)
 		Replicas: req.Replicas, Interval: interval, Policy: req.Policy, Health: req.Health,
 	}
 	if sv := req.Service; sv != nil {
-		spec.Service = &state.ServiceSpec{Listen: sv.Listen, Target: sv.Target, Framing: sv.Framing, Journal: sv.Journal}
+		spec.Service = &state.ServiceSpec{Listen: sv.Listen, Target: sv.Target, Framing: sv.Framing, Journal: sv.Journal,
+			VIP: sv.VIP, VIPDev: sv.VIPDev}
 		if spec.Service.Framing == "" {
 			spec.Service.Framing = "line"
 		}

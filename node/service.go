@@ -28,6 +28,7 @@ type appService struct {
 	spec state.ServiceSpec
 	j    *journal.Journal
 	p    *proxy.Proxy
+	vip  *vip
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -77,6 +78,18 @@ func (n *Node) startService(app string, spec state.ServiceSpec, j *journal.Journ
 	}
 	ctx, cancel := context.WithCancel(n.ctx)
 	s := &appService{n: n, app: app, spec: spec, j: j, p: p, ctx: ctx, cancel: cancel, streams: map[string]context.CancelFunc{}}
+	if spec.VIP != "" {
+		v, err := addVIP(spec.VIP, spec.VIPDev)
+		if err != nil && v == nil {
+			cancel()
+			_ = p.Close()
+			return nil, err
+		}
+		if err != nil {
+			n.log.Warn("service vip", "app", app, "err", err)
+		}
+		s.vip = v
+	}
 	s.setClones(clones)
 	n.publish(api.Event{Kind: api.KindApp, App: app, Message: fmt.Sprintf("service of %s open on %s (journal %s from %d)", app, p.Addr(), cfg.Journal, j.Last())})
 	return s, nil
@@ -150,6 +163,9 @@ func (s *appService) resume()                                   { s.p.Resume() }
 
 // close shuts the service: no more clients, no more journal streams.
 func (s *appService) close() {
+	if err := s.vip.remove(); err != nil {
+		s.n.log.Warn("service vip", "app", s.app, "err", err)
+	}
 	_ = s.p.Close()
 	s.cancel()
 	s.wg.Wait()

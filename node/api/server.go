@@ -428,6 +428,14 @@ func checkRun(req RunRequest) error {
 		default:
 			return badRequest("service journal %q: use sync, async or off", sv.Journal)
 		}
+		if (sv.VIP == "") != (sv.VIPDev == "") {
+			return badRequest("service vip %q and vip_dev %q: give both or neither", sv.VIP, sv.VIPDev)
+		}
+		if sv.VIP != "" {
+			if ip, _, err := net.ParseCIDR(sv.VIP); err != nil || ip.To4() == nil {
+				return badRequest("service vip %q: use an IPv4 ADDR/PREFIX, e.g. 10.0.0.50/24", sv.VIP)
+			}
+		}
 	}
 	return nil
 }

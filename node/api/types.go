@@ -196,6 +196,10 @@ type Service struct {
 	Framing string `json:"framing,omitempty"`
 	// Journal is sync, async or off.
 	Journal string `json:"journal,omitempty"`
+	// VIP is an optional floating address (ADDR/PREFIX) that moves with
+	// the OP: added to the OP node's device VIPDev with a gratuitous ARP.
+	VIP    string `json:"vip,omitempty"`
+	VIPDev string `json:"vip_dev,omitempty"`
 }
 
 // Event kinds, Event.Kind. The list is append-only; clients ignore kinds

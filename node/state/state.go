@@ -98,6 +98,10 @@ type ServiceSpec struct {
 	Target  string `json:"target,omitempty"`
 	Framing string `json:"framing,omitempty"`
 	Journal string `json:"journal,omitempty"`
+	// VIP is an optional floating address (ADDR/PREFIX) moved with the OP
+	// onto its device VIPDev.
+	VIP    string `json:"vip,omitempty"`
+	VIPDev string `json:"vip_dev,omitempty"`
 }
 
 // Ack is the newest epoch one node acknowledged for an app.
