@@ -8,9 +8,19 @@
 // once, the app's data file agrees with its memory, and two OPs never
 // serve at once. Benchmarks measure the proxy's cost and failover times.
 //
-// The package is test-only. The end-to-end tests need root, CRIU 4.2+ and
-// a cgroup file system; outside CI (CI unset) they skip without them, in CI
-// they fail. They skip under -short.
+// The package is test-only. The end-to-end tests need root, CRIU 4.2+, a
+// cgroup file system, and for the network-namespace clusters ip
+// (iproute2), unshare, nsenter and mount (util-linux); outside CI (CI
+// unset) they skip without them, in CI they fail. They skip under -short;
+// the unit tests of the reference app, the load client and the checks run
+// always.
+//
+// TestChaosKillOP runs CHAOS_CYCLES failovers (20 by default); CHAOS_SEED
+// replays the random kill moments of a run. The whole package takes about
+// five minutes on two cores: run it with -timeout 20m. Benchmarks:
+// BenchmarkServiceThroughput, BenchmarkProxyInProcess (no root needed) and
+// BenchmarkFailover64MiB (-benchtime=5x or more: one failover per
+// iteration).
 package chaos
 
 import (
