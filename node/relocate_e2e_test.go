@@ -1,0 +1,368 @@
+package node
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"doppel/node/api"
+)
+
+// The relocation end-to-end tests move apps between real daemons while a
+// client drives them through their service, and check that no request the
+// client saw acknowledged is lost.
+
+// kvappBuild is testdata/kvapp, built once on first use.
+var kvappBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// requireKVApp builds testdata/kvapp into the end-to-end binary directory.
+func requireKVApp(t *testing.T) string {
+	t.Helper()
+	requireE2E(t)
+	kvappBuild.once.Do(func() {
+		kvappBuild.path = filepath.Join(e2eBuild.dir, "kvapp")
+		out, err := exec.Command("go", "build", "-o", kvappBuild.path, "./testdata/kvapp").CombinedOutput()
+		if err != nil {
+			kvappBuild.err = fmt.Errorf("go build ./testdata/kvapp: %v\n%s", err, out)
+		}
+	})
+	if kvappBuild.err != nil {
+		t.Fatal(kvappBuild.err)
+	}
+	return kvappBuild.path
+}
+
+// kvApp is a kvapp run behind a service on the cluster.
+type kvApp struct {
+	c      *testCluster
+	Name   string
+	Port   int    // the service's port on the OP's address
+	Target string // the app's own address
+	Data   string // its data directory
+}
+
+// runKV runs a kvapp on d with the given clones and a service with a sync
+// journal, and waits until it answers through the service and its clones
+// are in-sync.
+func runKV(t *testing.T, c *testCluster, d *daemon, base string, i, replicas int) *kvApp {
+	t.Helper()
+	bin := requireKVApp(t)
+	name := c.newApp(base)
+	a := &kvApp{c: c, Name: name, Port: 7100 + i, Target: c.appAddr(i), Data: filepath.Join(c.dir, name)}
+	req := api.RunRequest{Name: name, Args: []string{bin, "-listen", a.Target, "-data", a.Data}, Dir: c.dir,
+		DataPaths: []string{a.Data}, Replicas: replicas, Interval: api.Duration(500 * time.Millisecond),
+		Service: &api.Service{Listen: ":" + strconv.Itoa(a.Port), Target: a.Target, Framing: "line", Journal: "sync"}}
+	if _, err := d.Client.Run(ctxT(t), req); err != nil {
+		t.Fatalf("run %s on %s: %v", name, d.Name, err)
+	}
+	waitFor(t, 60*time.Second, name+" serves on "+d.Name, func() (bool, string) {
+		v, err := kvAsk(a.addr(d.IP), "GET probe")
+		return err == nil && v == "0", fmt.Sprintf("%q %v", v, err)
+	})
+	if replicas > 0 {
+		waitFor(t, 60*time.Second, name+"'s clones in-sync", func() (bool, string) {
+			info, err := opInfo(t, d, name)
+			if err != nil {
+				return false, err.Error()
+			}
+			return clonesInSync(info, 1)
+		})
+	}
+	return a
+}
+
+// addr is the service's address on a node.
+func (a *kvApp) addr(ip string) string { return net.JoinHostPort(ip, strconv.Itoa(a.Port)) }
+
+// kvAsk sends one command on a fresh connection and returns the answer.
+func kvAsk(addr, cmd string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintln(conn, cmd); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", cmd, err)
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// opOf returns the daemon the live nodes name as the app's OP with the app
+// running, asking each live node in turn.
+func (a *kvApp) opOf() (*daemon, error) {
+	var last error = errors.New("no live node")
+	for _, d := range a.c.nodes {
+		if !d.alive() {
+			continue
+		}
+		det, err := appOn(a.c.t, d, a.Name)
+		if err != nil {
+			last = err
+			continue
+		}
+		if det.State != api.AppRunning || det.OP == "" {
+			last = fmt.Errorf("%s sees %s %s on %q", d.Name, a.Name, det.State, det.OP)
+			continue
+		}
+		for _, o := range a.c.nodes {
+			if o.Name == det.OP {
+				return o, nil
+			}
+		}
+		last = fmt.Errorf("unknown OP %q", det.OP)
+	}
+	return nil, last
+}
+
+// kvLoad is one client sending INCR requests back to back through the
+// service, each with its own id. On a lost connection or a missing answer
+// it finds the OP anew and resends the same request (the id makes a
+// repeat harmless). Its n-th acknowledged increment must answer n: an
+// acknowledged request that was lost shows as a repeated value.
+type kvLoad struct {
+	a    *kvApp
+	key  string
+	stop chan struct{}
+	done chan struct{}
+
+	mu        sync.Mutex
+	acked     int64 // acknowledged increments, each answered acked
+	bad       []string
+	resends   int
+	maxGap    time.Duration // the longest time between two acknowledgements
+	lastAck   time.Time
+	fatal     error
+	connected string // the address of the current connection
+}
+
+func startKVLoad(a *kvApp, key string) *kvLoad {
+	l := &kvLoad{a: a, key: key, stop: make(chan struct{}), done: make(chan struct{})}
+	go l.run()
+	a.c.t.Cleanup(l.halt)
+	return l
+}
+
+func (l *kvLoad) run() {
+	defer close(l.done)
+	var conn net.Conn
+	var r *bufio.Reader
+	defer func() {
+		if conn != nil {
+			conn.Close()
+		}
+	}()
+	l.mu.Lock()
+	l.lastAck = time.Now()
+	l.mu.Unlock()
+	for seq := 1; ; seq++ {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		id := fmt.Sprintf("%s-%d", l.key, seq)
+		// One request, resent until answered (within 60 s).
+		deadline := time.Now().Add(60 * time.Second)
+		for attempt := 0; ; attempt++ {
+			if time.Now().After(deadline) {
+				l.mu.Lock()
+				l.fatal = fmt.Errorf("request %s unanswered for 60 s", id)
+				l.mu.Unlock()
+				return
+			}
+			if attempt > 0 {
+				l.mu.Lock()
+				l.resends++
+				l.mu.Unlock()
+				time.Sleep(20 * time.Millisecond)
+			}
+			if conn == nil {
+				op, err := l.a.opOf()
+				if err != nil {
+					continue
+				}
+				c, err := net.DialTimeout("tcp", l.a.addr(op.IP), time.Second)
+				if err != nil {
+					continue
+				}
+				conn, r = c, bufio.NewReader(c)
+				l.mu.Lock()
+				l.connected = op.Name
+				l.mu.Unlock()
+			}
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			line := ""
+			_, err := fmt.Fprintf(conn, "INCR %s 1 %s\n", l.key, id)
+			if err == nil {
+				line, err = r.ReadString('\n')
+			}
+			if err != nil {
+				conn.Close()
+				conn = nil
+				continue
+			}
+			v, err := strconv.ParseInt(strings.TrimSpace(line), 10, 64)
+			l.mu.Lock()
+			now := time.Now()
+			l.maxGap = max(l.maxGap, now.Sub(l.lastAck))
+			l.lastAck = now
+			switch {
+			case err != nil:
+				l.bad = append(l.bad, fmt.Sprintf("%s answered %q", id, line))
+			case v != l.acked+1:
+				l.bad = append(l.bad, fmt.Sprintf("%s answered %d after %d acknowledged increments (one lost or applied twice)", id, v, l.acked))
+			}
+			l.acked++
+			l.mu.Unlock()
+			break
+		}
+	}
+}
+
+// count returns the acknowledged increments so far.
+func (l *kvLoad) count() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acked
+}
+
+// halt stops the client after its current request.
+func (l *kvLoad) halt() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	<-l.done
+}
+
+// waitMore waits until n more increments are acknowledged.
+func (l *kvLoad) waitMore(t *testing.T, n int64, timeout time.Duration) {
+	t.Helper()
+	from := l.count()
+	waitFor(t, timeout, fmt.Sprintf("%d more acknowledged increments", n), func() (bool, string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.fatal != nil {
+			t.Fatalf("client: %v", l.fatal)
+		}
+		return l.acked >= from+n, fmt.Sprintf("%d acknowledged (from %d), %d resends, connected to %s", l.acked, from, l.resends, l.connected)
+	})
+}
+
+// finish stops the client and checks every acknowledged increment against
+// the app as the OP d serves it: its value is the count of acknowledged
+// increments, and its data file holds each applied id once.
+func (l *kvLoad) finish(t *testing.T, d *daemon) {
+	t.Helper()
+	l.halt()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fatal != nil {
+		t.Errorf("client: %v", l.fatal)
+	}
+	for _, b := range l.bad {
+		t.Errorf("client: %s", b)
+	}
+	v, err := kvAsk(l.a.addr(d.IP), "GET "+l.key)
+	if err != nil {
+		t.Fatalf("GET %s on %s: %v", l.key, d.Name, err)
+	}
+	if v != strconv.FormatInt(l.acked, 10) {
+		t.Errorf("%s = %s on %s, want %d acknowledged increments", l.key, v, d.Name, l.acked)
+	}
+	if chk, err := kvAsk(l.a.addr(d.IP), "CHECK"); err != nil || !strings.HasPrefix(chk, "ok ") {
+		t.Errorf("CHECK on %s: %q %v", d.Name, chk, err)
+	}
+	t.Logf("client: %d increments acknowledged, %d resends, longest wait between acknowledgements %s", l.acked, l.resends, l.maxGap.Round(time.Millisecond))
+}
+
+// appProcs returns the pids of processes whose command line holds the
+// app's data directory (its copies, wherever they run).
+func (a *kvApp) procs() []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if len(args) > 0 && args[0] == kvappBuild.path && strings.Contains(string(b), "\x00"+a.Data) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// checkRunsOnlyOn checks that every live node names d as the app's OP,
+// that d runs it, and that one copy of it runs on the machine (the nodes
+// share it, so a copy left on another node would show as a second one).
+func (a *kvApp) checkRunsOnlyOn(t *testing.T, d *daemon) {
+	t.Helper()
+	for _, o := range a.c.nodes {
+		if !o.alive() {
+			continue
+		}
+		det, err := appOn(t, o, a.Name)
+		if err != nil {
+			t.Errorf("%s: app %s: %v", o.Name, a.Name, err)
+			continue
+		}
+		if det.OP != d.Name {
+			t.Errorf("%s sees %s's OP as %q, want %s", o.Name, a.Name, det.OP, d.Name)
+		}
+		if o == d && (det.State != api.AppRunning || det.Pid == 0) {
+			t.Errorf("%s: %s is %s with pid %d, want running", o.Name, a.Name, det.State, det.Pid)
+		}
+	}
+	waitFor(t, 10*time.Second, "one running copy of "+a.Name, func() (bool, string) {
+		p := a.procs()
+		return len(p) == 1, fmt.Sprintf("pids %v", p)
+	})
+}
+
+func TestE2ERelocateUnderLoad(t *testing.T) {
+	c := newCluster(t)
+	n1, n2, _ := c.start(), c.start(), c.start()
+	a := runKV(t, c, n1, "reloc", 0, 2)
+	load := startKVLoad(a, "k")
+	load.waitMore(t, 100, 30*time.Second)
+
+	res, err := n1.Client.Relocate(ctxT(t), a.Name, "n2")
+	if err != nil {
+		t.Fatalf("relocate %s to n2: %v", a.Name, err)
+	}
+	t.Logf("relocation: pause %.1f ms, %d bytes in the last epoch (epoch %d, term %d)", res.PauseMs, res.BytesSent, res.Epoch, res.Term)
+	if res.PauseMs <= 0 || res.From != "n1" || res.To != "n2" || res.Term != 2 || res.Epoch == 0 || res.BytesSent <= 0 {
+		t.Errorf("relocate answered %+v", res)
+	}
+	load.waitMore(t, 100, 30*time.Second)
+	load.finish(t, n2)
+	a.checkRunsOnlyOn(t, n2)
+	if !appGone(a.addr(n1.IP)) {
+		t.Errorf("the service still answers on n1 after the move")
+	}
+}
