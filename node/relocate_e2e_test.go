@@ -2,6 +2,9 @@ package node
 
 import (
 	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -365,4 +369,98 @@ func TestE2ERelocateUnderLoad(t *testing.T) {
 	if !appGone(a.addr(n1.IP)) {
 		t.Errorf("the service still answers on n1 after the move")
 	}
+}
+
+// killNodeApps kills the app processes in node d's cgroups, as a machine
+// failure would end them along with its daemon.
+func killNodeApps(t *testing.T, d *daemon) {
+	t.Helper()
+	sum := sha256.Sum256([]byte(d.StateDir))
+	for _, root := range cgroupRoots {
+		dirs, _ := filepath.Glob(filepath.Join(root, hex.EncodeToString(sum[:4]), "*"))
+		for _, cg := range dirs {
+			_ = os.WriteFile(filepath.Join(cg, "freezer.state"), []byte("THAWED"), 0)
+			_ = os.WriteFile(filepath.Join(cg, "cgroup.freeze"), []byte("0"), 0)
+			for _, f := range []string{"cgroup.procs", "tasks"} {
+				b, err := os.ReadFile(filepath.Join(cg, f))
+				if err != nil {
+					continue
+				}
+				for _, s := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(s); err == nil {
+						t.Logf("killing %s's app process %d (%s)", d.Name, pid, cg)
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			}
+		}
+	}
+}
+
+// waitEvent waits for an event of the log that matches.
+func waitEvent(t *testing.T, l *eventLog, timeout time.Duration, what string, match func(api.Event) bool) api.Event {
+	t.Helper()
+	var got api.Event
+	waitFor(t, timeout, what, func() (bool, string) {
+		evs := l.snapshot()
+		for _, ev := range evs {
+			if match(ev) {
+				got = ev
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d events", len(evs))
+	})
+	return got
+}
+
+func TestE2ERelocateTargetDies(t *testing.T) {
+	c := newCluster(t)
+	n1, _, n3 := c.start(), c.start(), c.start()
+	a := runKV(t, c, n1, "relocdie", 0, 2)
+	events := watchEvents(t, n1)
+	load := startKVLoad(a, "k")
+	load.waitMore(t, 100, 30*time.Second)
+
+	type result struct {
+		res api.RelocateResult
+		err error
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		res, err := n1.Client.Relocate(ctx, a.Name, "n3")
+		done <- result{res, err}
+	}()
+	// The target dies as the source starts its last epoch (the app frozen).
+	waitEvent(t, events, 30*time.Second, "the relocation's last epoch starts", func(ev api.Event) bool {
+		return ev.Kind == api.KindRelocation && ev.App == a.Name && ev.Fields["phase"] == "last epoch"
+	})
+	n3.kill9(t)
+	killNodeApps(t, n3)
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(70 * time.Second):
+		t.Fatal("the relocation did not return")
+	}
+	t.Logf("relocation to n3, killed at its last epoch, returned after %s: %+v, %v", time.Since(start).Round(time.Millisecond), r.res, r.err)
+	if r.err == nil {
+		t.Errorf("relocation to a node killed midway succeeded: %+v", r.res)
+	}
+	// The app serves on n1 (rolled back) or on a promoted clone, and the
+	// client goes on without losing an acknowledged increment.
+	load.waitMore(t, 100, 30*time.Second)
+	op, err := a.opOf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if op == n3 {
+		t.Fatalf("the dead target is named OP")
+	}
+	t.Logf("%s serves on %s after the failed relocation", a.Name, op.Name)
+	load.finish(t, op)
+	a.checkRunsOnlyOn(t, op)
 }
