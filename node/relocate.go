@@ -13,6 +13,7 @@ import (
 	"doppel/node/peer/membership"
 	"doppel/node/state"
 	"doppel/replicate"
+	"doppel/replicate/criu"
 	"doppel/replicate/store"
 )
 
@@ -182,11 +183,14 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 	return res, nil
 }
 
-// retryBusy retries an epoch while a periodic one still holds the app.
+// retryBusy retries an epoch while a periodic one still holds the app, or
+// while CRIU finds another dump in the app's working directory (another
+// app of the same directory being checkpointed: criu.ErrBusy says retry).
+// A failed dump leaves the app running, so the retry is safe.
 func retryBusy(ctx context.Context, f func() (*store.Epoch, error)) (*store.Epoch, error) {
 	for {
 		ep, err := f()
-		if !errors.Is(err, replicate.ErrBusy) {
+		if !errors.Is(err, replicate.ErrBusy) && !errors.Is(err, criu.ErrBusy) {
 			return ep, err
 		}
 		select {
@@ -205,6 +209,11 @@ func (n *Node) waitServing(ctx context.Context, name, to string, timeout time.Du
 	if err != nil {
 		return err
 	}
+	// A node that has yet to apply the placement, or to start its runner,
+	// describes the app from the cluster state alone, as failed: only a
+	// failure the target reports as OP for failGrace counts.
+	const failGrace = 2 * time.Second
+	var failedSince time.Time
 	for {
 		var d api.AppDetail
 		cctx, c := context.WithTimeout(ctx, 2*time.Second)
@@ -213,8 +222,15 @@ func (n *Node) waitServing(ctx context.Context, name, to string, timeout time.Du
 		if err == nil && d.OP == to && d.State == api.AppRunning {
 			return nil
 		}
-		if err == nil && d.State == api.AppFailed {
-			return fmt.Errorf("%s failed to start %s", to, name)
+		if err == nil && d.OP == to && d.State == api.AppFailed {
+			if failedSince.IsZero() {
+				failedSince = time.Now()
+			}
+			if time.Since(failedSince) >= failGrace {
+				return fmt.Errorf("%s failed to start %s", to, name)
+			}
+		} else {
+			failedSince = time.Time{}
 		}
 		select {
 		case <-ctx.Done():

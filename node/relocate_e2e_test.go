@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,7 +68,7 @@ func runKV(t *testing.T, c *testCluster, d *daemon, base string, i, replicas int
 	name := c.newApp(base)
 	a := &kvApp{c: c, Name: name, Port: 7100 + i, Target: c.appAddr(i), Data: filepath.Join(c.dir, name)}
 	req := api.RunRequest{Name: name, Args: []string{bin, "-listen", a.Target, "-data", a.Data}, Dir: c.dir,
-		DataPaths: []string{a.Data}, Replicas: replicas, Interval: api.Duration(500 * time.Millisecond),
+		DataPaths: []string{a.Data}, Replicas: replicas, Interval: api.Duration(time.Second),
 		Service: &api.Service{Listen: ":" + strconv.Itoa(a.Port), Target: a.Target, Framing: "line", Journal: "sync"}}
 	if _, err := d.Client.Run(ctxT(t), req); err != nil {
 		t.Fatalf("run %s on %s: %v", name, d.Name, err)
@@ -463,4 +464,106 @@ func TestE2ERelocateTargetDies(t *testing.T) {
 	t.Logf("%s serves on %s after the failed relocation", a.Name, op.Name)
 	load.finish(t, op)
 	a.checkRunsOnlyOn(t, op)
+}
+
+// nodeInfo returns node name as d lists it.
+func nodeInfo(t *testing.T, d *daemon, name string) api.NodeInfo {
+	t.Helper()
+	ns, err := d.Client.Nodes(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range ns {
+		if n.Name == name {
+			return n
+		}
+	}
+	t.Fatalf("%s does not list node %s: %+v", d.Name, name, ns)
+	return api.NodeInfo{}
+}
+
+// cloneNodes lists the nodes holding a clone of the app, as d sees it.
+func cloneNodes(t *testing.T, d *daemon, name string) []string {
+	t.Helper()
+	info, err := opInfo(t, d, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, cl := range info.Clones {
+		out = append(out, cl.Node)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestE2EDrainUndrain(t *testing.T) {
+	c := newCluster(t)
+	n1, n2, n3 := c.start(), c.start(), c.start()
+	var apps []*kvApp
+	for i := range 3 {
+		apps = append(apps, runKV(t, c, n2, "drain", i, 1))
+	}
+	for _, a := range apps {
+		if op, err := a.opOf(); err != nil || op != n2 {
+			t.Fatalf("%s runs on %v (%v), want n2", a.Name, op, err)
+		}
+	}
+
+	out := c.mustCLI(n1.Sock, "drain", "n2")
+	if !strings.Contains(out, "n2 drained (3 app(s) moved)") {
+		t.Errorf("doppel drain n2 printed %q", out)
+	}
+	if ni := nodeInfo(t, n3, "n2"); !ni.Drained || len(ni.Apps) != 0 {
+		t.Errorf("n2 after the drain, as n3 lists it: drained %v, apps %v", ni.Drained, ni.Apps)
+	}
+	for _, a := range apps {
+		op, err := a.opOf()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op == n2 {
+			t.Errorf("%s still runs on the drained n2", a.Name)
+			continue
+		}
+		if v, err := kvAsk(a.addr(op.IP), "GET probe"); err != nil || v != "0" {
+			t.Errorf("%s on %s after the drain: %q %v", a.Name, op.Name, v, err)
+		}
+		a.checkRunsOnlyOn(t, op)
+		t.Logf("%s moved to %s; clones on %v", a.Name, op.Name, cloneNodes(t, n1, a.Name))
+	}
+
+	// A drained node gets no new clone: an app wanting two on n1 gets at
+	// most n3, the one other schedulable node.
+	fresh := c.newApp("fresh")
+	info, err := n1.Client.Run(ctxT(t), api.RunRequest{Name: fresh, Args: pageappArgs(c.appAddr(3)), Dir: c.dir, Replicas: 2})
+	if err != nil {
+		t.Logf("an app wanting two clones while n2 is drained: %v", err)
+	} else {
+		for _, cl := range info.Clones {
+			if cl.Node == "n2" {
+				t.Errorf("the drained n2 got a clone of a new app: %+v", info)
+			}
+		}
+		t.Logf("an app wanting two clones while n2 is drained got %s", describeClones(info.Clones))
+	}
+	if _, err := n1.Client.Relocate(ctxT(t), apps[0].Name, "n2"); !errors.Is(err, api.ErrConflict) {
+		t.Errorf("relocation to the drained n2: %v, want a conflict", err)
+	}
+
+	// Undrain: n2 is schedulable again: an app wanting two clones on n1
+	// gets n2 and n3.
+	c.mustCLI(n3.Sock, "undrain", "n2")
+	waitFor(t, 10*time.Second, "n2 undrained", func() (bool, string) {
+		ni := nodeInfo(t, n3, "n2")
+		return !ni.Drained, fmt.Sprintf("%+v", ni)
+	})
+	again := c.newApp("again")
+	info, err = n1.Client.Run(ctxT(t), api.RunRequest{Name: again, Args: pageappArgs(c.appAddr(4)), Dir: c.dir, Replicas: 2})
+	if err != nil {
+		t.Fatalf("run %s after the undrain: %v", again, err)
+	}
+	if got := cloneNodes(t, n1, again); !slices.Equal(got, []string{"n2", "n3"}) {
+		t.Errorf("clones of an app started after n2 was undrained: %v, want [n2 n3]", got)
+	}
 }
