@@ -41,8 +41,10 @@ func (n *Node) Relocate(ctx context.Context, name, to string) (api.RelocateResul
 		return api.RelocateResult{}, fmt.Errorf("%w: OP %s: %v", api.ErrUnavailable, a.OP, err)
 	}
 	var res api.RelocateResult
-	err = n.peers.Call(ctx, addr, rpcRelocate, relocateRequest{App: name, To: to}, &res)
-	return res, err
+	if err := n.peers.Call(ctx, addr, rpcRelocate, relocateRequest{App: name, To: to}, &res); err != nil {
+		return api.RelocateResult{}, fromPeer(err)
+	}
+	return res, nil
 }
 
 func (n *Node) handleRelocate(ctx context.Context, from string, raw json.RawMessage) (any, error) {
@@ -50,7 +52,8 @@ func (n *Node) handleRelocate(ctx context.Context, from string, raw json.RawMess
 	if err := json.Unmarshal(raw, &req); err != nil {
 		return nil, err
 	}
-	return n.relocateLocal(ctx, req.App, req.To)
+	res, err := n.relocateLocal(ctx, req.App, req.To)
+	return res, toPeer(err)
 }
 
 // checkTarget refuses a relocation the target cannot take, with the reason.

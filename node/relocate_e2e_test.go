@@ -567,3 +567,88 @@ func TestE2EDrainUndrain(t *testing.T) {
 		t.Errorf("clones of an app started after n2 was undrained: %v, want [n2 n3]", got)
 	}
 }
+
+func TestE2ERelocateBadInput(t *testing.T) {
+	c := newCluster(t)
+	n1, n2, n3 := c.start(), c.start(), c.start()
+	c.start("--role", "witness")
+	waitFor(t, 20*time.Second, "n1 sees the witness n4 alive", func() (bool, string) {
+		ni := nodeInfo(t, n1, "n4")
+		return ni.State == api.NodeAlive && ni.Role == "witness", fmt.Sprintf("%+v", ni)
+	})
+	one := c.newApp("one")
+	if _, err := n1.Client.Run(ctxT(t), api.RunRequest{Name: one, Args: pageappArgs(c.appAddr(0)), Dir: c.dir, Replicas: 1, Interval: api.Duration(time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	alone := c.newApp("alone")
+	if _, err := n1.Client.Run(ctxT(t), api.RunRequest{Name: alone, Args: pageappArgs(c.appAddr(1)), Dir: c.dir, Replicas: 0}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, one+"'s clone in-sync", func() (bool, string) {
+		info, err := opInfo(t, n1, one)
+		if err != nil {
+			return false, err.Error()
+		}
+		return clonesInSync(info, 1)
+	})
+	clone := cloneNodes(t, n1, one)[0]
+
+	refused := func(what, app, to, want string) {
+		t.Helper()
+		_, err := n2.Client.Relocate(ctxT(t), app, to)
+		if !errors.Is(err, api.ErrConflict) || !strings.Contains(err.Error(), want) {
+			t.Errorf("relocate %s (%s) to %s: %v, want a conflict saying %q", app, what, to, err, want)
+		} else {
+			t.Logf("relocate %s to %s refused: %v", what, to, err)
+		}
+	}
+	refused("an app", one, "nosuch", "no node nosuch")
+	refused("an app", one, "n4", "witness")
+	refused("an app", one, "n1", "already runs on n1")
+	refused("an app with no clone", alone, "n2", "has no clone")
+	code, _, errOut := c.cli(n3.Sock, "relocate", one, "--to", "nosuch")
+	if code == 0 || !strings.Contains(errOut, "no node nosuch") {
+		t.Errorf("doppel relocate %s --to nosuch: exit %d, stderr %q", one, code, errOut)
+	}
+	c.mustCLI(n1.Sock, "drain", "n3")
+	refused("an app", one, "n3", "drained")
+	c.mustCLI(n1.Sock, "undrain", "n3")
+
+	// Two relocations of one app at once: one moves it, the other is
+	// refused (while the first runs, or because the app then already runs
+	// on the target).
+	type result struct {
+		res api.RelocateResult
+		err error
+	}
+	results := make(chan result, 2)
+	for _, d := range []*daemon{n1, n2} {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			res, err := d.Client.Relocate(ctx, one, clone)
+			results <- result{res, err}
+		}()
+	}
+	var ok, conflicts int
+	for range 2 {
+		r := <-results
+		switch {
+		case r.err == nil:
+			ok++
+			t.Logf("relocate %s to %s: pause %.1f ms", one, clone, r.res.PauseMs)
+		case errors.Is(r.err, api.ErrConflict):
+			conflicts++
+			t.Logf("concurrent relocation refused: %v", r.err)
+		default:
+			t.Errorf("concurrent relocation: %v", r.err)
+		}
+	}
+	if ok != 1 || conflicts != 1 {
+		t.Errorf("two relocations at once: %d succeeded, %d refused; want one of each", ok, conflicts)
+	}
+	waitFor(t, 20*time.Second, one+" runs on "+clone, func() (bool, string) {
+		info, err := opInfo(t, n3, one)
+		return err == nil && info.OP == clone && info.State == api.AppRunning, fmt.Sprintf("%+v %v", info, err)
+	})
+}
