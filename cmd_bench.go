@@ -218,6 +218,9 @@ func newBenchStopAndCopyCmd(a *app) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if c.App.Listen == "" {
+				return usageError{errors.New("stop-and-copy needs --listen 127.0.0.1:PORT (a free port)")}
+			}
 			var err error
 			if c.App.Size, err = bench.ParseSize(sizeS); err != nil {
 				return usageError{err}

@@ -408,26 +408,44 @@ say "relocation: $RELOC_SIZE app dirtying 1%/s, link capped at $RATE bytes/s, $R
 L=$(load_avg)
 RAPP=reloc-$RANDOM
 RPORT=$(free_port)
-reloc_ms=() naive_ms=()
+reloc_ms=() naive_ms=() reloc_failed=0 naive_failed=0
+# do_reloc relocates the app to its clone; 1: the relocation failed (it
+# is counted and the rounds go on), 2: the app is not in sync (the rounds
+# stop).
+do_reloc() {
+	local to out
+	wait_until 180 "$RAPP in sync" in_sync n1 "$RAPP" 1 || return 2
+	to=$(app_field n1 node) # the clone, holding the newest epoch
+	if ! out=$(LIMIT=300 DN n1 relocate "$RAPP" --to "$to" 2>>"$TMP/relocate.log"); then
+		reloc_failed=$((reloc_failed + 1))
+		note "relocation $((${#reloc_ms[@]} + reloc_failed)) failed: $(tail -1 "$TMP/relocate.log")"
+		return 1
+	fi
+	echo "$out" >>"$TMP/relocate.log"
+	reloc_ms+=("$(sed -n 's/.*pause \([0-9.]*\) ms.*/\1/p' <<<"$out")")
+}
+do_naive() {
+	local np
+	np=$(free_port)
+	if ! bg "$DOPPEL" --config "$CFG" --state-dir "$TMP/naive" bench stop-and-copy --size "$RELOC_SIZE" --dirty-rate 0.01 \
+		--rate-limit "$RATE" --bind "127.77.$X.9" --listen "127.0.0.1:$np" --json >"$TMP/naive.json" 2>>"$TMP/naive.log"; then
+		naive_failed=$((naive_failed + 1))
+		note "stop-and-copy failed: $(tail -1 "$TMP/naive.log")"
+		return 1
+	fi
+	naive_ms+=("$(sed -n 's/.*"pause_ms":\([0-9.]*\).*/\1/p' "$TMP/naive.json")")
+}
 if run_app n1 "$RAPP" "$RELOC_SIZE" 0.01 "$RPORT" 5s 1 && wait_until 180 "$RAPP in sync" in_sync n1 "$RAPP" 1; then
 	for r in $(seq "$ROUNDS"); do
-		do_reloc() {
-			local to out
-			wait_until 120 "$RAPP in sync" in_sync n1 "$RAPP" 1 || return 1
-			to=$(app_field n1 node) # the clone, holding the newest epoch
-			out=$(LIMIT=300 DN n1 relocate "$RAPP" --to "$to" 2>>"$TMP/relocate.log") || { say "relocate failed: $(tail -1 "$TMP/relocate.log")"; return 1; }
-			echo "$out" >>"$TMP/relocate.log"
-			reloc_ms+=("$(sed -n 's/.*pause \([0-9.]*\) ms.*/\1/p' <<<"$out")")
-		}
-		do_naive() {
-			local np
-			np=$(free_port)
-			bg "$DOPPEL" --config "$CFG" --state-dir "$TMP/naive" bench stop-and-copy --size "$RELOC_SIZE" --dirty-rate 0.01 --rate-limit "$RATE" \
-				--bind "127.77.$X.9" --listen "127.0.0.1:$np" --json >"$TMP/naive.json" 2>>"$TMP/naive.log" ||
-				{ say "stop-and-copy failed: $(tail -1 "$TMP/naive.log")"; return 1; }
-			naive_ms+=("$(sed -n 's/.*"pause_ms":\([0-9.]*\).*/\1/p' "$TMP/naive.json")")
-		}
-		if [ $((r % 2)) = 1 ]; then do_reloc || break; do_naive || break; else do_naive || break; do_reloc || break; fi
+		rc=0
+		if [ $((r % 2)) = 1 ]; then
+			do_reloc || rc=$?
+			[ "$rc" = 2 ] || do_naive || true
+		else
+			do_naive || true
+			do_reloc || rc=$?
+		fi
+		[ "$rc" != 2 ] || { note "relocation: $RAPP not in sync after round $((r - 1)); rounds stopped"; break; }
 		say "round $r: relocate pause $(last "${reloc_ms[@]}") ms, stop-and-copy $(last "${naive_ms[@]}") ms"
 	done
 	remove_app n1 "$RAPP" || say "could not remove $RAPP"
@@ -436,7 +454,7 @@ else
 fi
 rm_=$(printf '%s\n' "${reloc_ms[@]}" | median) nm_=$(printf '%s\n' "${naive_ms[@]}" | median)
 ROW[relocate]="$rm_|$nm_|$(ratio "$rm_" "$nm_")"
-note "relocation: pause printed by doppel relocate (source frozen → target serving), to the clone node; stop-and-copy = criu dump (app stopped) + tar of the images over the peer transport capped at the same rate + criu restore + first answer, images on tmpfs at both ends; nodes with --preset $PRESET; samples doppel [${reloc_ms[*]}] naive [${naive_ms[*]}] ms; load at start $L"
+note "relocation: pause printed by doppel relocate (source frozen → target serving), to the clone node; stop-and-copy = criu dump (app stopped) + tar of the images over the peer transport capped at the same rate + criu restore + first answer, images on tmpfs at both ends; nodes with --preset $PRESET; samples doppel [${reloc_ms[*]}] naive [${naive_ms[*]}] ms; failed: $reloc_failed relocation(s), $naive_failed stop-and-copy; load at start $L"
 
 # --------------------------------------------------------------- throughput
 say "throughput: $TP_SIZE app, $TP_WINDOW windows, checkpoints every 1s and 5s vs unmanaged, $ROUNDS round(s)"

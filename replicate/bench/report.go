@@ -44,13 +44,13 @@ func WriteText(out io.Writer, rep *Report, rates Rates, w Workload, rec Recommen
 	fmt.Fprintf(&b, "  per epoch: %s changed, %s to each clone; dominated by %s, interval set by the %s budget\n",
 		FormatBytes(rec.ChangedBytes), FormatBytes(rec.WireBytes), rec.Dominant, rec.LimitedBy)
 	tw = tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  cost\ttime per epoch\tof its budget\t")
+	fmt.Fprintln(tw, "  cost\ttime per epoch\tof its budget")
 	for _, c := range rec.Costs {
 		if c.Time == 0 {
-			fmt.Fprintf(tw, "  %s\t-\t-\t\n", c.Cost)
+			fmt.Fprintf(tw, "  %s\t-\t-\n", c.Cost)
 			continue
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%.0f%%\t\n", c.Cost, ms(c.Time), 100*c.Budget)
+		fmt.Fprintf(tw, "  %s\t%s\t%.0f%%\n", c.Cost, ms(c.Time), 100*c.Budget)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
