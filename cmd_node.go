@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -41,6 +42,11 @@ func newNodeCmd(a *app) *cobra.Command {
 			nc.Socket = a.socket(cmd)
 			nc.Key = key
 			nc.Preset = c.Node.Preset
+			if nc.Preset == "fast" {
+				// Failure detection is about a second: an OP cut off for a
+				// second stops serving before a clone is promoted.
+				nc.FenceLease = time.Second
+			}
 			nc.MetricsListen = c.Metrics.Listen
 			nc.RateLimit = c.Transfer.RateLimit
 			nc.Interval = c.Checkpoint.Interval

@@ -60,7 +60,7 @@ func (n *Node) Nodes(ctx context.Context) ([]api.NodeInfo, error) {
 	for _, m := range n.members.Members() {
 		ni := api.NodeInfo{
 			Name: m.Name, Role: m.Meta.Role, State: string(m.State),
-			Drained: cs.Drained[m.Name], Leader: m.Name == leader, Voter: voters[m.Name], Self: m.Name == n.cfg.Name,
+			Drained: cs.Drained[m.Name] || m.Meta.Drained, Leader: m.Name == leader, Voter: voters[m.Name], Self: m.Name == n.cfg.Name,
 			Load: m.Meta.Load, MemFree: m.Meta.MemFree, MemTotal: m.Meta.MemTotal,
 			Apps: []string{}, Clones: []string{},
 			Version: m.Meta.Version, CRIU: m.Meta.CRIU, Addr: m.Meta.Peer, Since: m.Since,

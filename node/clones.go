@@ -54,6 +54,19 @@ func (n *Node) memberOf(app string) error {
 	return nil
 }
 
+// fromOP checks that peer is the OP of app in this node's cluster state:
+// only the OP of the current term may store epochs and journal entries
+// here (a deposed OP that still runs must not).
+func (n *Node) fromOP(app, peer string) error {
+	if err := n.memberOf(app); err != nil {
+		return err
+	}
+	if a := n.cluster.State().Apps[app]; a.OP != peer {
+		return fmt.Errorf("%w: %s is not the OP of %s (%q is, term %d)", api.ErrConflict, peer, app, a.OP, a.Term)
+	}
+	return nil
+}
+
 // handlePrepare registers the app as held here and says whether its init
 // binary is present.
 func (n *Node) handlePrepare(ctx context.Context, from string, raw json.RawMessage) (any, error) {
@@ -116,7 +129,7 @@ func (n *Node) wireConfig() wire.Config {
 // acknowledges only after it is verified and fsynced.
 func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
 	app := s.Hello().App
-	if err := n.memberOf(app); err != nil {
+	if err := n.fromOP(app, s.Peer()); err != nil {
 		n.log.Warn("epoch stream refused", "app", app, "peer", s.Peer(), "err", err)
 		return
 	}

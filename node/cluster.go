@@ -91,20 +91,22 @@ const maxReadLag = 2 * time.Second
 // everything the leader had applied when asked, so that a decision taken
 // here (stop, restore, move) starts from what the cluster already decided
 // elsewhere. Without a reachable leader it returns at once.
-func (n *Node) syncState(ctx context.Context) {
+func (n *Node) syncState(ctx context.Context) bool {
 	if n.cluster.IsLeader() {
-		return
+		return true
 	}
 	addr, err := n.leaderPeer()
 	if err != nil {
-		return
+		return false
 	}
 	var rep applyReply
 	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if err := n.peers.Call(cctx, addr, rpcIndex, struct{}{}, &rep); err == nil {
-		n.waitApplied(ctx, rep.Index)
+	if err := n.peers.Call(cctx, addr, rpcIndex, struct{}{}, &rep); err != nil {
+		return false
 	}
+	n.waitApplied(ctx, rep.Index)
+	return n.cluster.State().Index >= rep.Index
 }
 
 func (n *Node) waitApplied(ctx context.Context, index uint64) {

@@ -440,6 +440,20 @@ func (n *Node) gossipMeta() {
 			if err := n.members.UpdateMeta(); err != nil && n.ctx.Err() == nil {
 				n.log.Debug("gossip meta", "err", err)
 			}
+			// After a partition longer than memberlist keeps gossiping to
+			// the dead, each side holds the other dead for good: try them
+			// again, as serf's reconnect does.
+			var dead []string
+			for _, m := range n.members.Members() {
+				if m.State == membership.StateDead && m.Addr != "" {
+					dead = append(dead, m.Addr)
+				}
+			}
+			if len(dead) > 0 {
+				if _, err := n.members.Join(dead...); err == nil {
+					n.log.Info("rejoined members held dead", "members", len(dead))
+				}
+			}
 		}
 	}
 }

@@ -167,7 +167,7 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 	// same last epoch, so that it can take over again if the target fails.
 	clones := slices.DeleteFunc(slices.Clone(app.Clones), func(c string) bool { return c == to })
 	clones = append(clones, n.cfg.Name)
-	if err := n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: to, Term: app.Term + 1, Clones: clones, ExpectTerm: app.Term}); err != nil {
+	if err := n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: to, Term: app.Term + 1, Clones: clones, ExpectTerm: app.Term, Handover: true}); err != nil {
 		return rollback(err)
 	}
 	for _, node := range []string{to, n.cfg.Name} {

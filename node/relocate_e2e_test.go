@@ -551,13 +551,15 @@ func TestE2EDrainUndrain(t *testing.T) {
 		t.Errorf("relocation to the drained n2: %v, want a conflict", err)
 	}
 
-	// Undrain: n2 is schedulable again: an app wanting two clones on n1
-	// gets n2 and n3.
+	// Undrain: n2 is schedulable again (once every node, n2 included,
+	// says so): an app wanting two clones on n1 gets n2 and n3.
 	c.mustCLI(n3.Sock, "undrain", "n2")
-	waitFor(t, 10*time.Second, "n2 undrained", func() (bool, string) {
-		ni := nodeInfo(t, n3, "n2")
-		return !ni.Drained, fmt.Sprintf("%+v", ni)
-	})
+	for _, d := range []*daemon{n1, n2, n3} {
+		waitFor(t, 15*time.Second, d.Name+" sees n2 undrained", func() (bool, string) {
+			ni := nodeInfo(t, d, "n2")
+			return !ni.Drained, fmt.Sprintf("%+v", ni)
+		})
+	}
 	again := c.newApp("again")
 	info, err = n1.Client.Run(ctxT(t), api.RunRequest{Name: again, Args: pageappArgs(c.appAddr(4)), Dir: c.dir, Replicas: 2})
 	if err != nil {
@@ -580,10 +582,6 @@ func TestE2ERelocateBadInput(t *testing.T) {
 	if _, err := n1.Client.Run(ctxT(t), api.RunRequest{Name: one, Args: pageappArgs(c.appAddr(0)), Dir: c.dir, Replicas: 1, Interval: api.Duration(time.Second)}); err != nil {
 		t.Fatal(err)
 	}
-	alone := c.newApp("alone")
-	if _, err := n1.Client.Run(ctxT(t), api.RunRequest{Name: alone, Args: pageappArgs(c.appAddr(1)), Dir: c.dir, Replicas: 0}); err != nil {
-		t.Fatal(err)
-	}
 	waitFor(t, 60*time.Second, one+"'s clone in-sync", func() (bool, string) {
 		info, err := opInfo(t, n1, one)
 		if err != nil {
@@ -591,6 +589,14 @@ func TestE2ERelocateBadInput(t *testing.T) {
 		}
 		return clonesInSync(info, 1)
 	})
+	// Started once the first app is checkpointed: two apps started at
+	// once on a node race to install the init binary, and the second copy,
+	// renamed over the first, leaves the first app mapping a deleted file
+	// CRIU cannot dump (replicate/shim's installFile).
+	alone := c.newApp("alone")
+	if _, err := n1.Client.Run(ctxT(t), api.RunRequest{Name: alone, Args: pageappArgs(c.appAddr(1)), Dir: c.dir, Replicas: 0}); err != nil {
+		t.Fatal(err)
+	}
 	clone := cloneNodes(t, n1, one)[0]
 
 	refused := func(what, app, to, want string) {

@@ -39,7 +39,8 @@ type runner struct {
 
 	fenced        bool
 	noQuorumSince time.Time
-	moving        bool // a relocation holds the app: no periodic epochs
+	leaseUntil    time.Time // the service may forward until then
+	moving        bool      // a relocation holds the app: no periodic epochs
 	// forcedTerm is set when the operator promoted this node without a
 	// majority (failover --force): the cluster state still names another
 	// OP at this term; the runner records itself as OP once the majority is
@@ -152,8 +153,9 @@ func (r *runner) loop() {
 	// The majority is checked several times per lease, so that an OP cut
 	// off from the cluster freezes its app within the lease.
 	lease := r.n.cfg.FenceLease
-	quorum := time.NewTicker(max(lease/4, 50*time.Millisecond))
-	defer quorum.Stop()
+	// Fencing runs on its own: a checkpoint blocked on an unreachable clone
+	// must not delay it.
+	go r.fenceLoop(lease)
 	next := time.NewTimer(r.interval())
 	defer next.Stop()
 	for {
@@ -161,9 +163,6 @@ func (r *runner) loop() {
 		select {
 		case <-r.ctx.Done():
 			return
-		case <-quorum.C:
-			r.checkQuorum(lease)
-			continue
 		case reply = <-r.kick:
 		case <-next.C:
 		}
@@ -186,6 +185,84 @@ func (r *runner) forcedAt() uint64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.forcedTerm
+}
+
+// fence freezes the app and closes its service.
+func (r *runner) fence(lease time.Duration, why string) {
+	n := r.n
+	r.mu.Lock()
+	if r.fenced {
+		r.mu.Unlock()
+		return
+	}
+	r.fenced, r.status = true, statusFenced
+	r.mu.Unlock()
+	r.closeService()
+	if err := n.engine.Freeze(r.ctx, r.name); err != nil {
+		n.log.Error("fence: freeze", "app", r.name, "err", err)
+	}
+	n.log.Warn("fenced", "app", r.name, "why", why)
+	n.publish(api.Event{Kind: api.KindError, App: r.name, Message: fmt.Sprintf("%s fenced on %s: %s (lease %s); frozen, service closed", r.name, n.cfg.Name, why, lease)})
+}
+
+// fenceLoop checks the majority several times per lease.
+func (r *runner) fenceLoop(lease time.Duration) {
+	t := time.NewTicker(max(lease/4, 50*time.Millisecond))
+	defer t.Stop()
+	// The lease's end is watched on its own, so that a slow majority check
+	// (a leader that does not answer) never delays fencing.
+	go func() {
+		t := time.NewTicker(max(lease/10, 20*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-r.ctx.Done():
+				return
+			case <-t.C:
+				r.mu.Lock()
+				expired := !r.leaseUntil.IsZero() && time.Now().After(r.leaseUntil) && !r.fenced && r.forcedTerm == 0
+				r.mu.Unlock()
+				if expired {
+					r.fence(lease, "its lease ran out")
+				}
+			}
+		}
+	}()
+	r.checkQuorum(lease)
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+			r.checkQuorum(lease)
+		}
+	}
+}
+
+// leaseValid says whether this OP may still forward client messages: it
+// saw a majority that names it OP at its term within the lease. The proxy
+// asks before each message, so an OP stopped or cut off stops serving at
+// once when it runs again, before any check.
+func (r *runner) leaseValid() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.forcedTerm > 0 || time.Now().Before(r.leaseUntil)
+}
+
+// stillOP reports whether the cluster, as the leader has it, still names
+// this node OP of the app at the runner's term.
+func (r *runner) stillOP() bool {
+	n := r.n
+	ctx, cancel := context.WithTimeout(r.ctx, max(n.cfg.FenceLease/2, 100*time.Millisecond))
+	defer cancel()
+	if !n.syncState(ctx) {
+		return false
+	}
+	cur := n.cluster.State().Apps[r.name]
+	r.mu.Lock()
+	term := r.app.Term
+	r.mu.Unlock()
+	return cur != nil && cur.OP == n.cfg.Name && cur.Term == term
 }
 
 func (r *runner) isMoving() bool {
@@ -235,10 +312,21 @@ func (r *runner) checkQuorum(lease time.Duration) {
 		}
 		return
 	}
+	// A lease that ran out (this daemon was stopped or starved past it)
+	// closes the service at once, before anything slower is asked.
+	r.mu.Lock()
+	expired := !r.leaseUntil.IsZero() && time.Now().After(r.leaseUntil)
+	r.mu.Unlock()
+	if expired {
+		r.fence(lease, "its lease ran out")
+	}
+	// Serving needs a majority that still names this node OP at its term.
+	ok = ok && r.stillOP()
 	r.mu.Lock()
 	switch {
 	case ok:
 		r.noQuorumSince = time.Time{}
+		r.leaseUntil = time.Now().Add(lease)
 	case r.noQuorumSince.IsZero():
 		r.noQuorumSince = time.Now()
 	}
@@ -246,15 +334,7 @@ func (r *runner) checkQuorum(lease time.Duration) {
 	r.mu.Unlock()
 	switch {
 	case !ok && !fenced && time.Since(since) >= lease:
-		r.closeService()
-		if err := n.engine.Freeze(r.ctx, r.name); err != nil {
-			n.log.Error("fence: freeze", "app", r.name, "err", err)
-		}
-		r.mu.Lock()
-		r.fenced, r.status = true, statusFenced
-		r.mu.Unlock()
-		n.log.Warn("fenced: no majority", "app", r.name, "for", time.Since(since).Round(time.Millisecond))
-		n.publish(api.Event{Kind: api.KindError, App: r.name, Message: fmt.Sprintf("%s fenced on %s: no contact with a majority for %s; frozen, service closed", r.name, n.cfg.Name, lease)})
+		r.fence(lease, fmt.Sprintf("no contact with a majority naming it OP for %s", time.Since(since).Round(time.Millisecond)))
 	case ok && fenced:
 		if err := n.engine.Thaw(r.name); err != nil {
 			n.log.Error("unfence: thaw", "app", r.name, "err", err)
@@ -407,7 +487,23 @@ func (r *runner) openService(app *state.App, j *journal.Journal, barrier uint64)
 			Message: fmt.Sprintf("replayed %d journaled message(s) into %s in %s", n, r.name, time.Since(start).Round(time.Millisecond))})
 	}
 	r.n.dropJournal(r.name)
-	svc, err := r.n.startService(r.name, *sv, j, app.Clones)
+	// Taken from an OP that did not hand it over (it failed, or was
+	// moved without its consent): that OP may serve until its lease runs
+	// out, so this one starts serving only after.
+	if app.PrevOP != "" && app.PrevOP != r.n.cfg.Name && !app.Handover {
+		wait := time.Until(app.Moved.Add(r.n.cfg.FenceLease))
+		if wait > 0 {
+			select {
+			case <-r.ctx.Done():
+				return r.ctx.Err()
+			case <-time.After(wait):
+			}
+		}
+	}
+	r.mu.Lock()
+	r.leaseUntil = time.Now().Add(r.n.cfg.FenceLease) // just placed here by the cluster
+	r.mu.Unlock()
+	svc, err := r.n.startService(r.name, *sv, j, app.Clones, r.leaseValid)
 	if err != nil {
 		return err
 	}

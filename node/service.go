@@ -50,7 +50,7 @@ func (n *Node) serviceListen(listen string) string {
 
 // startService opens an app's service on this node over journal j (which
 // already holds, and has replayed, everything the app must see).
-func (n *Node) startService(app string, spec state.ServiceSpec, j *journal.Journal, clones []string) (*appService, error) {
+func (n *Node) startService(app string, spec state.ServiceSpec, j *journal.Journal, clones []string, lease func() bool) (*appService, error) {
 	cfg := proxy.DefaultConfig()
 	cfg.Listen = n.serviceListen(spec.Listen)
 	cfg.Target = spec.Target
@@ -61,6 +61,7 @@ func (n *Node) startService(app string, spec state.ServiceSpec, j *journal.Journ
 		cfg.Journal = spec.Journal
 	}
 	cfg.Logger = n.log.With("app", app)
+	cfg.Lease = lease
 	p, err := proxy.New(cfg, j)
 	if err != nil {
 		return nil, err
@@ -196,7 +197,7 @@ func (n *Node) dropJournal(app string) {
 // handleJournal stores the OP's journal stream for an app this node clones.
 func (n *Node) handleJournal(ctx context.Context, s *peer.Stream) {
 	app := s.Hello().App
-	if err := n.memberOf(app); err != nil {
+	if err := n.fromOP(app, s.Peer()); err != nil {
 		n.log.Warn("journal stream refused", "app", app, "peer", s.Peer(), "err", err)
 		return
 	}

@@ -100,6 +100,15 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // recorded service intervals, and reports what is wrong.
 func finalChecks(t *testing.T, c *cluster, s *kvService, loads ...*load) {
 	t.Helper()
+	finalChecksMode(t, c, s, true, loads...)
+}
+
+// finalChecksMode is finalChecks; without durable, acknowledged increments
+// may be missing (--journal async promises no more: a message the old OP
+// acknowledged before its clones stored it is lost with it), and only the
+// single-OP, single-copy and data-file checks apply.
+func finalChecksMode(t *testing.T, c *cluster, s *kvService, durable bool, loads ...*load) {
+	t.Helper()
 	_, op, err := s.opInfo()
 	if err != nil {
 		t.Fatalf("final state: %v", err)
@@ -111,6 +120,11 @@ func finalChecks(t *testing.T, c *cluster, s *kvService, loads ...*load) {
 	}
 	var acks []ack
 	for _, l := range loads {
+		if !durable {
+			t.Logf("load %s: %d increments acknowledged (async journal: durability not checked)", l.cfg.Run, l.count())
+			acks = append(acks, l.acked()...)
+			continue
+		}
 		reportAll(t, "load "+l.cfg.Run, l.verify(ids))
 		for _, w := range l.ws {
 			v, err := kvInt(addr, "GET "+w.key())
@@ -387,7 +401,7 @@ func TestChaosPartition(t *testing.T) {
 
 // fenceLease is node.Config.FenceLease's default, which the daemons run
 // with.
-const fenceLease = 3 * time.Second
+const fenceLease = time.Second // the fast preset's node.Config.FenceLease
 
 // TestChaosNetPartition cuts the OP node off the other nodes (blackhole
 // routes both ways between network namespaces) while clients can still
@@ -499,5 +513,5 @@ func testNetPartition(t *testing.T, mode string) {
 		t.Errorf("load: %v", errs)
 	}
 	t.Logf("the stale-address client: %d answers", sticky.count())
-	finalChecks(t, c, s, l, sticky)
+	finalChecksMode(t, c, s, mode == "sync", l, sticky)
 }

@@ -290,7 +290,14 @@ func overlaps(iv []serving, faults []fault) []overlap {
 	return out
 }
 
-// subtractStops removes from [from, to) the SIGSTOP windows of the nodes.
+// resumeGrace is how long a daemon resumed after a SIGSTOP may take to
+// publish that its lease ran out. Its proxy forwards nothing once the lease
+// has run out (the partition test checks that a request sent to it is
+// never applied), so during the grace its open listener serves no one.
+const resumeGrace = 250 * time.Millisecond
+
+// subtractStops removes from [from, to) the SIGSTOP windows of the nodes,
+// each extended by resumeGrace.
 func subtractStops(from, to time.Time, faults []fault, nodes ...string) [][2]time.Time {
 	segs := [][2]time.Time{{from, to}}
 	for _, f := range faults {
@@ -304,6 +311,7 @@ func subtractStops(from, to time.Time, faults []fault, nodes ...string) [][2]tim
 		if !mine {
 			continue
 		}
+		f.To = f.To.Add(resumeGrace)
 		var next [][2]time.Time
 		for _, s := range segs {
 			if !f.At.Before(s[1]) || !f.To.After(s[0]) {

@@ -41,6 +41,10 @@ const (
 	JournalOff = "off"
 )
 
+// ErrLeaseExpired means the OP's lease ran out: the message was not
+// forwarded and the client connection is closed.
+var ErrLeaseExpired = errors.New("the OP's lease expired")
+
 // ErrTooLarge means a client sent a message over Config.MaxMessage; its
 // connection is closed.
 var ErrTooLarge = errors.New("message larger than the framing limit")
@@ -63,6 +67,10 @@ type Config struct {
 	StoreTimeout time.Duration
 	// DialTimeout bounds connecting to Target.
 	DialTimeout time.Duration
+	// Lease, when set, is asked before each message goes to the app: false
+	// (this OP lost its standing in the cluster) closes the client
+	// connection without journaling or forwarding the message.
+	Lease func() bool
 	Logger      *slog.Logger
 }
 
@@ -115,6 +123,9 @@ type Proxy struct {
 
 	nextConn atomic.Uint64
 	wg       sync.WaitGroup
+	// ctx ends at Close: messages waiting for a clone give up.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // New returns a proxy that journals into j (which may be nil with
@@ -131,6 +142,7 @@ func New(cfg Config, j *journal.Journal) (*Proxy, error) {
 		log = slog.Default()
 	}
 	p := &Proxy{cfg: cfg, j: j, log: log, conns: map[*clientConn]struct{}{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.cond = sync.NewCond(&p.mu)
 	p.nextConn.Store(uint64(time.Now().UnixNano()))
 	return p, nil
@@ -215,6 +227,7 @@ func (p *Proxy) Resume() {
 
 // Close stops listening and closes every client connection.
 func (p *Proxy) Close() error {
+	p.cancel()
 	p.mu.Lock()
 	p.closed = true
 	ln := p.ln
@@ -355,6 +368,10 @@ func (p *Proxy) forward(cc *clientConn, msg []byte) error {
 		p.mu.Unlock()
 		return net.ErrClosed
 	}
+	if p.cfg.Lease != nil && !p.cfg.Lease() {
+		p.mu.Unlock()
+		return ErrLeaseExpired
+	}
 	p.inflight++
 	p.mu.Unlock()
 	defer func() {
@@ -366,7 +383,7 @@ func (p *Proxy) forward(cc *clientConn, msg []byte) error {
 	if p.cfg.Journal != JournalOff {
 		seq := p.j.Append(cc.id, journal.KindData, msg)
 		if p.cfg.Journal == JournalSync {
-			ctx, cancel := context.WithTimeout(context.Background(), p.cfg.StoreTimeout)
+			ctx, cancel := context.WithTimeout(p.ctx, p.cfg.StoreTimeout)
 			err := p.j.WaitStored(ctx, seq)
 			cancel()
 			if err != nil {

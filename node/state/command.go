@@ -85,6 +85,9 @@ type Command struct {
 	Epoch      uint64   `json:"epoch,omitempty"`
 	Drained    bool     `json:"drained,omitempty"`
 	ExpectTerm uint64   `json:"expect_term,omitempty"`
+	// Handover marks a Place that moves the OP after the old one closed its
+	// service and ended its copy (a relocation).
+	Handover bool `json:"handover,omitempty"`
 }
 
 // encodeCommand is the raft log form of a command: one byte of protocol

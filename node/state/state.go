@@ -132,6 +132,12 @@ type App struct {
 	// changed (both from the leader's clock at append time).
 	Created time.Time `json:"created"`
 	Moved   time.Time `json:"moved,omitzero"`
+	// PrevOP is the OP before the last move, and Handover whether it
+	// handed the app over cleanly (a relocation: its service was closed
+	// and its copy ended before the move). A new OP that did not get a
+	// handover waits out the old OP's lease before serving.
+	PrevOP   string `json:"prev_op,omitempty"`
+	Handover bool   `json:"handover,omitempty"`
 }
 
 // State is the whole cluster state. Values returned by Cluster.State and

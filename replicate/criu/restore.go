@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
 	"os"
 	"path/filepath"
 	"time"
@@ -102,6 +103,11 @@ func (d *Driver) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResu
 	// The only mode the RPC service supports: the tree becomes the
 	// caller's child.
 	ro.RstSibling = ptr(true)
+	// The dump recorded the tree's cgroups on its old node; they mean
+	// nothing here (and on one machine hosting several nodes the old one's
+	// may be frozen). The tree stays in the caller's cgroups; the engine
+	// moves it into its own freezer cgroup once restored.
+	ro.ManageCgroupsMode = ptr(rpc.CriuCgMode_IGNORE)
 
 	c := d.newCriu()
 	for key, f := range opts.InheritFds {
