@@ -70,8 +70,8 @@ type Config struct {
 	// Lease, when set, is asked before each message goes to the app: false
 	// (this OP lost its standing in the cluster) closes the client
 	// connection without journaling or forwarding the message.
-	Lease func() bool
-	Logger      *slog.Logger
+	Lease  func() bool
+	Logger *slog.Logger
 }
 
 // DefaultConfig is line framing, sync journal, 1 MiB messages.
