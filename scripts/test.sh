@@ -35,6 +35,10 @@ if [ "$rc" = 0 ] && [ "${DOPPEL_FUZZTIME:-20s}" != 0 ]; then
 	done)
 fi
 
+if [ "$rc" != 0 ]; then
+	echo "test: output of the failures:"
+	grep -B2 -A40 -E '^\s*--- FAIL|^panic:|^FAIL\s' "$log" | grep -vE '^\s*--- PASS|^=== RUN' | head -400
+fi
 passed=$(grep -cE '^\s*--- PASS' "$log" || true)
 failed=$(grep -cE '^\s*--- FAIL' "$log" || true)
 skipped=$(grep -cE '^\s*--- SKIP' "$log" || true)
