@@ -114,8 +114,11 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 		n.publish(api.Event{Kind: api.KindRelocation, App: name, Message: fmt.Sprintf("relocating %s to %s: %s", name, to, phase), Fields: fields})
 	}
 	// The target becomes a clone if it is not one, and is warmed up.
+	// The target goes first: the leader trims an app's clones to the
+	// wanted count keeping the first ones, so an extra clone added here
+	// must not be the one it drops.
 	if !slices.Contains(app.Clones, to) {
-		clones := append(slices.Clone(app.Clones), to)
+		clones := append([]string{to}, app.Clones...)
 		if err := n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: app.OP, Term: app.Term, Clones: clones, ExpectTerm: app.Term}); err != nil {
 			return api.RelocateResult{}, err
 		}
@@ -165,8 +168,8 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 	progress("last epoch sent", map[string]any{"bytes": stats.WireSent})
 	// The switch: this node becomes a clone of the new term, holding the
 	// same last epoch, so that it can take over again if the target fails.
-	clones := slices.DeleteFunc(slices.Clone(app.Clones), func(c string) bool { return c == to })
-	clones = append(clones, n.cfg.Name)
+	// It goes first, as it holds the newest epoch.
+	clones := append([]string{n.cfg.Name}, slices.DeleteFunc(slices.Clone(app.Clones), func(c string) bool { return c == to })...)
 	if err := n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: to, Term: app.Term + 1, Clones: clones, ExpectTerm: app.Term, Handover: true}); err != nil {
 		return rollback(err)
 	}

@@ -658,3 +658,35 @@ func TestE2ERelocateBadInput(t *testing.T) {
 		return err == nil && info.OP == clone && info.State == api.AppRunning, fmt.Sprintf("%+v %v", info, err)
 	})
 }
+
+func TestE2ERelocateToNonClone(t *testing.T) {
+	c := newCluster(t)
+	n1, _, _ := c.start(), c.start(), c.start()
+	a := runKV(t, c, n1, "nonclone", 0, 1)
+	clones := cloneNodes(t, n1, a.Name)
+	other := "n2"
+	if slices.Contains(clones, other) {
+		other = "n3"
+	}
+	load := startKVLoad(a, "k")
+	load.waitMore(t, 50, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := n1.Client.Relocate(ctx, a.Name, other)
+	if err != nil {
+		t.Fatalf("relocate %s (clones %v) to %s, not a clone: %v", a.Name, clones, other, err)
+	}
+	t.Logf("relocation to %s, not a clone before: pause %.1f ms, %d bytes in the last epoch", other, res.PauseMs, res.BytesSent)
+	var to *daemon
+	for _, d := range c.nodes {
+		if d.Name == other {
+			to = d
+		}
+	}
+	load.waitMore(t, 50, 30*time.Second)
+	load.finish(t, to)
+	a.checkRunsOnlyOn(t, to)
+	if got := cloneNodes(t, to, a.Name); len(got) != 1 {
+		t.Errorf("clones after the move: %v, want one", got)
+	}
+}
