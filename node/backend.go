@@ -59,7 +59,7 @@ func (n *Node) Nodes(ctx context.Context) ([]api.NodeInfo, error) {
 	var out []api.NodeInfo
 	for _, m := range n.members.Members() {
 		ni := api.NodeInfo{
-			Name: m.Name, Role: m.Meta.Role, State: string(m.State),
+			Name: m.Name, Role: m.Meta.Role, State: string(n.memberState(m)),
 			Drained: cs.Drained[m.Name] || m.Meta.Drained, Leader: m.Name == leader, Voter: voters[m.Name], Self: m.Name == n.cfg.Name,
 			Load: m.Meta.Load, MemFree: m.Meta.MemFree, MemTotal: m.Meta.MemTotal,
 			Apps: []string{}, Clones: []string{},

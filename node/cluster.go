@@ -25,6 +25,7 @@ const (
 	rpcLeave      = "cluster.leave"  // leader: the calling node shuts down cleanly
 	rpcForget     = "app.forget"     // any node: delete a removed app's local copy and epochs
 	rpcIndex      = "cluster.index"  // leader: its applied raft index
+	rpcLeaving    = "member.leaving" // any node: the calling node is shutting down cleanly
 	streamEpoch   = "epoch"          // clone: receive an epoch (replicate/wire)
 	streamInit    = "init"           // clone: receive an app's init binary
 	maxVoters     = 5                // beyond this, nodes join raft as non-voters
@@ -349,6 +350,15 @@ func (n *Node) registerPeerHandlers() {
 	n.peers.HandleStream(streamEvents, n.handleEvents)
 	n.peers.Handle(rpcJournal, n.handleJournalSince)
 	n.peers.Handle(rpcRelocate, n.handleRelocate)
+	n.peers.Handle(rpcLeaving, func(ctx context.Context, from string, _ json.RawMessage) (any, error) {
+		n.leavingMu.Lock()
+		if n.leaving == nil {
+			n.leaving = map[string]time.Time{}
+		}
+		n.leaving[from] = time.Now()
+		n.leavingMu.Unlock()
+		return nil, nil
+	})
 	n.peers.Handle(rpcIndex, func(ctx context.Context, from string, _ json.RawMessage) (any, error) {
 		if !n.cluster.IsLeader() {
 			return nil, toPeer(state.ErrNotLeader)

@@ -141,6 +141,9 @@ type Node struct {
 	// loadOverride replaces gossiped loads in tests.
 	loadOverride func(node string) (float64, bool)
 
+	leavingMu sync.Mutex
+	leaving   map[string]time.Time // members that announced a clean shutdown
+
 	jmu      sync.Mutex
 	journals map[string]*journal.Journal // apps this node clones: the OP's journal
 }
@@ -391,6 +394,7 @@ func (n *Node) shutdown() error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = n.api.Shutdown(sctx)
+	n.announceLeaving(sctx)
 	n.leaveRaft(sctx)
 	if err := n.members.Leave(2 * time.Second); err != nil {
 		n.log.Warn("leave the gossip", "err", err)
@@ -403,6 +407,41 @@ func (n *Node) shutdown() error {
 	err := n.engine.Close()
 	n.log.Info("node stopped")
 	return err
+}
+
+// announceLeaving tells every alive member that this node shuts down
+// cleanly, so that they report it left rather than dead (memberlist's own
+// farewell can be overtaken by its leave message).
+func (n *Node) announceLeaving(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, m := range n.members.Members() {
+		if m.Name == n.cfg.Name || m.State != membership.StateAlive || m.Meta.Peer == "" {
+			continue
+		}
+		wg.Add(1)
+		go func(addr string) {
+			defer wg.Done()
+			_ = n.peers.Call(ctx, addr, rpcLeaving, struct{}{}, nil)
+		}(m.Meta.Peer)
+	}
+	wg.Wait()
+}
+
+// memberState is a member's state as this node reports it: a member that
+// announced a clean shutdown and is then declared dead has left.
+func (n *Node) memberState(m membership.Member) membership.State {
+	if m.State != membership.StateDead {
+		return m.State
+	}
+	n.leavingMu.Lock()
+	at, ok := n.leaving[m.Name]
+	n.leavingMu.Unlock()
+	if ok && time.Since(at) < time.Minute && !m.Since.Before(at) {
+		return membership.StateLeft
+	}
+	return m.State
 }
 
 // leaveRaft takes this node out of the raft configuration on a clean

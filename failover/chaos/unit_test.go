@@ -317,8 +317,8 @@ func TestServingIntervals(t *testing.T) {
 		}
 	}
 	ov := overlaps(iv, faults)
-	if len(ov) != 1 || !ov[0].From.Equal(at(11.5)) || !ov[0].To.Equal(at(12)) {
-		t.Errorf("overlaps %v, want n1 and n2 from 11.5 s to 12 s (n1 stopped before)", ov)
+	if from := at(11.5).Add(resumeGrace); len(ov) != 1 || !ov[0].From.Equal(from) || !ov[0].To.Equal(at(12)) {
+		t.Errorf("overlaps %v, want n1 and n2 from %s to 12 s (n1 stopped before, plus the grace after its resume)", ov, from.Format("05.000"))
 	}
 	// Without the stop, the whole second counts.
 	if ov := overlaps(iv, faults[1:]); len(ov) != 1 || ov[0].To.Sub(ov[0].From) != time.Second {

@@ -69,8 +69,8 @@ func copyAtomic(src, dst, sum string) (err error) {
 	defer func() {
 		if err != nil {
 			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
 		}
+		_ = os.Remove(tmp.Name()) // after the link, dst keeps the content
 	}()
 	h := sha256.New()
 	if _, err = io.Copy(io.MultiWriter(tmp, h), in); err != nil {
@@ -88,7 +88,20 @@ func copyAtomic(src, dst, sum string) (err error) {
 	if err = tmp.Close(); err != nil {
 		return err
 	}
-	if err = os.Rename(tmp.Name(), dst); err != nil {
+	// A link, not a rename: a rename would replace a copy another process
+	// installed meanwhile, and an app already running from that copy would
+	// map a deleted file (which CRIU cannot dump). The content is the
+	// same by construction (content-addressed path).
+	if err = os.Link(tmp.Name(), dst); errors.Is(err, os.ErrExist) {
+		// Someone else installed it meanwhile (keep theirs), or a damaged
+		// copy is in the way (replace it).
+		if have, herr := fileSHA256(dst); herr != nil || have != sum {
+			err = os.Rename(tmp.Name(), dst)
+		} else {
+			err = nil
+		}
+	}
+	if err != nil {
 		return err
 	}
 	d, err := os.Open(filepath.Dir(dst))
