@@ -382,7 +382,9 @@ run_app() { # NODE NAME SIZE DIRTY PORT INTERVAL REPLICAS [SERVICE]
 	local args=(run "$name" --replicas "$replicas" --interval "$interval" --wait 2m)
 	[ -z "$svc" ] || args+=(--service "$svc")
 	APPS+=("$name")
-	LIMIT=300 DN "$n" "${args[@]}" -- "$DOPPEL" bench app --size "$size" --dirty-rate "$dirty" --listen "127.0.0.1:$port" >/dev/null
+	LIMIT=300 DN "$n" "${args[@]}" -- "$DOPPEL" bench app --size "$size" --dirty-rate "$dirty" --listen "127.0.0.1:$port" >/dev/null &&
+		# Running is not serving: the app fills its memory first.
+		wait_until 180 "$name to answer" D bench probe --addr "127.0.0.1:$port" --timeout 1s
 }
 # remove_app NODE NAME: stop and remove the app, and make sure none of its
 # processes runs on any node afterwards (killing and reporting leftovers),
@@ -472,17 +474,23 @@ tp_measure() { # KIND -> appends a rate
 		;;
 	*)
 		name=tp$kind-$RANDOM
-		run_app n1 "$name" "$TP_SIZE" 0 "$port" "$kind" 1 || return 1
-		wait_until 180 "$name in sync" in_sync n1 "$name" 1 || return 1
+		if ! { run_app n1 "$name" "$TP_SIZE" 0 "$port" "$kind" 1 && wait_until 180 "$name in sync" in_sync n1 "$name" 1; }; then
+			remove_app n1 "$name"
+			return 1
+		fi
 		;;
 	esac
 	rate=$(D bench load --addr "127.0.0.1:$port" --conns 4 --duration "$TP_WINDOW" | sed -n 's/.*rate=\([0-9.]*\).*/\1/p')
 	case "$kind" in
-	unmanaged) kill_group "$pid"; tp_un+=("$rate") ;;
-	1s) remove_app n1 "$name"; tp_1+=("$rate") ;;
-	5s) remove_app n1 "$name"; tp_5+=("$rate") ;;
+	unmanaged) kill_group "$pid" ;;
+	*) remove_app n1 "$name" ;;
 	esac
-	[ -n "$rate" ]
+	[ -n "$rate" ] || return 1
+	case "$kind" in
+	unmanaged) tp_un+=("$rate") ;;
+	1s) tp_1+=("$rate") ;;
+	5s) tp_5+=("$rate") ;;
+	esac
 }
 for r in $(seq "$ROUNDS"); do
 	if [ $((r % 2)) = 1 ]; then order="unmanaged 1s 5s"; else order="5s 1s unmanaged"; fi
