@@ -26,22 +26,23 @@ import (
 // client drives them through their service, and check that no request the
 // client saw acknowledged is lost.
 
-// kvappBuild is testdata/kvapp, built once on first use.
+// kvappBuild is the chaos tests' reference app (failover/chaos/testdata/kvapp),
+// built once on first use.
 var kvappBuild struct {
 	once sync.Once
 	path string
 	err  error
 }
 
-// requireKVApp builds testdata/kvapp into the end-to-end binary directory.
+// requireKVApp builds that app into the end-to-end binary directory.
 func requireKVApp(t *testing.T) string {
 	t.Helper()
 	requireE2E(t)
 	kvappBuild.once.Do(func() {
 		kvappBuild.path = filepath.Join(e2eBuild.dir, "kvapp")
-		out, err := exec.Command("go", "build", "-o", kvappBuild.path, "./testdata/kvapp").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", kvappBuild.path, "../failover/chaos/testdata/kvapp").CombinedOutput()
 		if err != nil {
-			kvappBuild.err = fmt.Errorf("go build ./testdata/kvapp: %v\n%s", err, out)
+			kvappBuild.err = fmt.Errorf("go build ../failover/chaos/testdata/kvapp: %v\n%s", err, out)
 		}
 	})
 	if kvappBuild.err != nil {
