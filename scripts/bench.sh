@@ -608,7 +608,7 @@ if [ -n "$OUT" ]; then
 		echo
 		echo "$TABLE"
 		echo
-		echo "Ratios are doppel's median over the baseline's median; each round runs doppel and its baseline back to back, alternating which goes first."
+		echo "Ratios are doppel's median over the baseline's median. Each round runs doppel and its baseline back to back: relocation, throughput and \`doppel bench --baseline\` alternate which goes first; BenchmarkEngine1GiB runs the bare dump just before the engine's checkpoint in every round."
 		echo
 		echo "## How each number was measured"
 		echo
