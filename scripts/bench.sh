@@ -119,10 +119,14 @@ done
 [ -n "$CRIU" ] || die "no CRIU: run scripts/get-criu.sh (or scripts/setup.sh)"
 
 TMP=$(mktemp -d /tmp/doppel-bench.XXXXXX)
+# App names carry this run's id: an app's freezer cgroup and work
+# directories are named after it machine-wide.
+RUN_ID=$(tr 'A-Z' 'a-z' <<<"${TMP##*.}")
 declare -A NODE_PID=() NODE_IP=()
 NODES=()
 PGIDS=()   # process groups started here (helpers, go test)
-APPS=()    # apps submitted to the cluster
+APPS=()    # apps submitted to the cluster and not removed yet
+ALL_APPS=() # every app submitted, for the work directories of killed nodes
 
 # kill_group signals a process group and waits for it to go.
 kill_group() {
@@ -207,6 +211,9 @@ cleanup() {
 		kill -KILL "${NODE_PID[$n]}" 2>/dev/null
 	done
 	for n in "${NODES[@]}"; do kill_cgroup_leftovers "$TMP/$n"; done
+	# A node killed in the middle of a checkpoint or restore leaves its
+	# work directory on the tmpfs.
+	for a in "${ALL_APPS[@]}"; do rm -rf /dev/shm/doppel-dump-"$a"-* /dev/shm/doppel-restore-"$a"-*; done
 	if [ "$KEEP" = 1 ]; then say "kept $TMP"; else rm -rf "$TMP"; fi
 	exit "$rc"
 }
@@ -382,6 +389,7 @@ run_app() { # NODE NAME SIZE DIRTY PORT INTERVAL REPLICAS [SERVICE]
 	local args=(run "$name" --replicas "$replicas" --interval "$interval" --wait 2m)
 	[ -z "$svc" ] || args+=(--service "$svc")
 	APPS+=("$name")
+	ALL_APPS+=("$name")
 	LIMIT=300 DN "$n" "${args[@]}" -- "$DOPPEL" bench app --size "$size" --dirty-rate "$dirty" --listen "127.0.0.1:$port" >/dev/null &&
 		# Running is not serving: the app fills its memory first.
 		wait_until 180 "$name to answer" D bench probe --addr "127.0.0.1:$port" --timeout 1s
@@ -408,7 +416,7 @@ remove_app() {
 # --------------------------------------------------------------- relocation
 say "relocation: $RELOC_SIZE app dirtying 1%/s, link capped at $RATE bytes/s, $ROUNDS round(s) against stop-and-copy"
 L=$(load_avg)
-RAPP=reloc-$RANDOM
+RAPP=reloc-$RUN_ID
 RPORT=$(free_port)
 reloc_ms=() naive_ms=() reloc_failed=0 naive_failed=0
 # do_reloc relocates the app to its clone; 1: the relocation failed (it
@@ -473,7 +481,7 @@ tp_measure() { # KIND -> appends a rate
 		wait_until 120 "the unmanaged app" D bench probe --addr "127.0.0.1:$port" --timeout 1s || return 1
 		;;
 	*)
-		name=tp$kind-$RANDOM
+		name=tp$kind-$RUN_ID-$RANDOM
 		if ! { run_app n1 "$name" "$TP_SIZE" 0 "$port" "$kind" 1 && wait_until 180 "$name in sync" in_sync n1 "$name" 1; }; then
 			remove_app n1 "$name"
 			return 1
@@ -515,7 +523,7 @@ if [ "$FAILOVER_FROM" = chaos ]; then
 	note "failover: BenchmarkFailover64MiB (failover/chaos: 3 nodes, 64 MiB app, 2 clones, interval 1s, sync journal, kill -9 of the OP node's whole tree → first request answered by the new OP); median ${fo:-?} ms, p95 ${p95:-?} ms; samples [${fo_ms[*]}] ms; load at start $L"
 else
 	say "failover: $FO_SIZE app with 2 clones, interval 1s, kill -9 of the OP daemon and its app, $ROUNDS round(s)"
-	FAPP=fo-$RANDOM
+	FAPP=fo-$RUN_ID
 	FPORT=$(free_port) SPORT=$(free_port)
 	if run_app n1 "$FAPP" "$FO_SIZE" 0.01 "$FPORT" 1s 2 ":$SPORT=127.0.0.1:$FPORT"; then
 		for r in $(seq "$ROUNDS"); do
