@@ -569,6 +569,7 @@ func (n *Node) stopRunner(r *runner) {
 // doppel rm (not derived from the log, which a node catching up replays
 // after it may have imported the same app again).
 func (n *Node) forgetLocal(ctx context.Context, name string) error {
+	n.syncState(ctx) // the removal may not have reached this node yet
 	if _, ok := n.cluster.State().Apps[name]; ok {
 		return fmt.Errorf("%w: %s is in the cluster again", api.ErrConflict, name)
 	}
