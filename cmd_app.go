@@ -270,43 +270,20 @@ func newRelocateCmd(a *app) *cobra.Command {
 // terminal.
 func showMove(cmd *cobra.Command, c *api.Client, app string) func() {
 	bar := newProgressBar(cmd.ErrOrStderr(), "relocate")
-	if !bar.tty {
-		return func() {}
-	}
-	ctx, cancel := context.WithCancel(cmd.Context())
-	w, err := c.Events(ctx)
-	if err != nil {
-		cancel()
-		return func() {}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			ev, err := w.Next()
-			if err != nil {
+	return followEvents(cmd, c, bar, func(ev api.Event) {
+		if ev.App != app || (ev.Kind != api.KindRelocation && ev.Kind != api.KindPhase) {
+			return
+		}
+		line := ev.Message
+		if ev.Kind == api.KindPhase {
+			if !ev.End {
 				return
 			}
-			if ev.App != app || (ev.Kind != api.KindRelocation && ev.Kind != api.KindPhase) {
-				continue
-			}
-			line := ev.Message
-			if ev.Kind == api.KindPhase {
-				if !ev.End {
-					continue
-				}
-				line = fmt.Sprintf("epoch %d %s %.1f ms", ev.Epoch, ev.Phase, ev.DurationMs)
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "\r\033[K%s %s", time.Now().Format("15:04:05.000"), line)
-			bar.drawn = true
+			line = fmt.Sprintf("epoch %d %s %.1f ms", ev.Epoch, ev.Phase, ev.DurationMs)
 		}
-	}()
-	return func() {
-		cancel()
-		w.Close()
-		<-done
-		bar.done()
-	}
+		fmt.Fprintf(cmd.ErrOrStderr(), "\r\033[K%s %s", time.Now().Format("15:04:05.000"), line)
+		bar.drawn = true
+	})
 }
 
 func newDrainCmd(a *app) *cobra.Command {
@@ -578,6 +555,19 @@ func newImportCmd(a *app) *cobra.Command {
 // events on a terminal; the returned function stops it.
 func showProgress(cmd *cobra.Command, c *api.Client, app, op string) func() {
 	bar := newProgressBar(cmd.ErrOrStderr(), op)
+	return followEvents(cmd, c, bar, func(ev api.Event) {
+		if ev.Kind != api.KindApp || ev.Fields["op"] != op || (app != "" && ev.App != app) {
+			return
+		}
+		d, _ := ev.Fields["done"].(float64)
+		t, _ := ev.Fields["total"].(float64)
+		bar.update(int64(d), int64(t))
+	})
+}
+
+// followEvents feeds the daemon's events to show while a command runs, on a
+// terminal only; the returned function stops it and ends bar's line.
+func followEvents(cmd *cobra.Command, c *api.Client, bar *progressBar, show func(api.Event)) func() {
 	if !bar.tty {
 		return func() {}
 	}
@@ -595,12 +585,7 @@ func showProgress(cmd *cobra.Command, c *api.Client, app, op string) func() {
 			if err != nil {
 				return
 			}
-			if ev.Kind != api.KindApp || ev.Fields["op"] != op || (app != "" && ev.App != app) {
-				continue
-			}
-			d, _ := ev.Fields["done"].(float64)
-			t, _ := ev.Fields["total"].(float64)
-			bar.update(int64(d), int64(t))
+			show(ev)
 		}
 	}()
 	return func() {
