@@ -273,6 +273,7 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	closers = append(closers, func() { n.peers.Close() })
 	n.registerPeerHandlers()
+	n.peers.HandleProbes()
 
 	raftDir := filepath.Join(cfg.StateDir, "raft")
 	_, statErr := os.Stat(raftDir)

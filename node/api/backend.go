@@ -43,6 +43,10 @@ type Backend interface {
 	// at a time; Undrain reverses the mark.
 	Drain(ctx context.Context, node string) (DrainResult, error)
 	Undrain(ctx context.Context, node string) error
+	// Probe measures the link from this node to node over the peer
+	// transport, sending size bytes (see ProbeResult); an unknown node
+	// wraps ErrNotFound, a dead one or this node itself ErrConflict.
+	Probe(ctx context.Context, node string, size int64) (ProbeResult, error)
 	// Balance returns the move the balancer would make now.
 	Balance(ctx context.Context) (BalancePlan, error)
 	// Stop stops a running app, keeping its epochs and clones.

@@ -24,6 +24,7 @@
 //	POST   /v1/apps/{name}/relocate?to=NODE → RelocateResult (progress as events: kind relocation)
 //	POST   /v1/nodes/{name}/drain          → DrainResult
 //	POST   /v1/nodes/{name}/undrain        → 204
+//	POST   /v1/nodes/{name}/probe?bytes=N  → ProbeResult (link rate and round trip to that node)
 //	GET    /v1/balance                     → BalancePlan (what the balancer would do now)
 //	POST   /v1/import                      ImportRequest → ImportResult (progress as events: op import)
 //	GET    /v1/events                      → NDJSON stream of Event

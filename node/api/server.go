@@ -87,6 +87,7 @@ var routes = []route{
 	{http.MethodPost, "/v1/apps/{name}/relocate", jsonHandler(postRelocate)},
 	{http.MethodPost, "/v1/nodes/{name}/drain", jsonHandler(postDrain)},
 	{http.MethodPost, "/v1/nodes/{name}/undrain", jsonHandler(postUndrain)},
+	{http.MethodPost, "/v1/nodes/{name}/probe", jsonHandler(postProbe)},
 	{http.MethodGet, "/v1/balance", jsonHandler(getBalance)},
 	{http.MethodGet, "/v1/events", (*Server).serveEvents},
 }
