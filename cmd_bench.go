@@ -18,20 +18,22 @@ import (
 )
 
 func newBenchCmd(a *app) *cobra.Command {
-	var sizeS, appSizeS, dirtyS, linkS string
+	var sizeS, appSizeS, dirtyS, linkS, peerName, probeS string
 	var rounds, workers int
 	var baseline, asJSON bool
 	cmd := &cobra.Command{
-		Use:   "bench [--size 256MiB] [--app-size SIZE] [--dirty-rate 1%] [--link-rate RATE] [--baseline] [--json]",
+		Use:   "bench [--size 256MiB] [--app-size SIZE] [--dirty-rate 1%] [--link-rate RATE | --peer NODE] [--baseline] [--json]",
 		Short: "Measure this host's checkpoint speed and recommend an interval and replica count",
 		Long: "Runs a synthetic app of --size under a checkpoint engine of its own (a temporary directory in the state " +
 			"directory, which is the disk measured) and times its epochs: the freeze, an epoch of all-new memory, an " +
 			"incremental epoch after 1% of the pages changed; it also times the store's hash (xxh3) and the wire's LZ4 on " +
 			"page-like data and fsynced writes. From these it recommends an interval and a number of clones for an app of " +
 			"--app-size that rewrites --dirty-rate of its pages per second, and says what dominates an epoch's cost " +
-			"(freeze, hashing, compression, disk, network). The link to the clones is not measured: give --link-rate " +
-			"(default: transfer.rate_limit when set). --baseline also times a bare `criu dump --leave-running` of the same " +
-			"app, alternated with the engine's epochs. Needs root and CRIU; the daemon need not run.",
+			"(freeze, hashing, compression, disk, network). The link to the clones is measured with --peer NODE: the " +
+			"local daemon sends --probe-size of random bytes to that node over the peer transport, through its " +
+			"transfer.rate_limit, and times a few round trips; otherwise give --link-rate (default: " +
+			"transfer.rate_limit when set). --baseline also times a bare `criu dump --leave-running` of the same " +
+			"app, alternated with the engine's epochs. Needs root and CRIU; the daemon need not run, except with --peer.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			size, err := bench.ParseSize(sizeS)
@@ -57,8 +59,20 @@ func newBenchCmd(a *app) *cobra.Command {
 			if rounds < 1 {
 				return usageError{fmt.Errorf("--rounds %d: want at least 1", rounds)}
 			}
+			probeSize, err := checkPeerFlags(peerName, linkS, probeS)
+			if err != nil {
+				return usageError{err}
+			}
 			if os.Geteuid() != 0 {
 				return errors.New("doppel bench needs root: it checkpoints a process with CRIU (run it with sudo)")
+			}
+			var measured *bench.Link
+			if peerName != "" {
+				// First, so that a bad peer fails before minutes of CRIU.
+				if measured, err = probeLink(cmd, a.client(cmd), peerName, probeSize); err != nil {
+					return err
+				}
+				link = int64(measured.Rate)
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -77,6 +91,7 @@ func newBenchCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			rep.Link = measured
 			rates := rep.Rates(float64(link))
 			w := bench.Workload{AppSize: appSize, DirtyRate: dirty, Workers: workers}
 			rec := bench.Recommend(rates, w, bench.DefaultPolicy())
@@ -93,6 +108,8 @@ func newBenchCmd(a *app) *cobra.Command {
 	f.StringVar(&appSizeS, "app-size", "", "memory of the app to recommend for (default: --size)")
 	f.StringVar(&dirtyS, "dirty-rate", "1%", "fraction of its pages the app rewrites per second")
 	f.StringVar(&linkS, "link-rate", "", "transfer rate to the clones, e.g. 1Gbit or 100MB/s (default: transfer.rate_limit)")
+	f.StringVar(&peerName, "peer", "", "measure the link to this node through the local daemon instead of --link-rate")
+	f.StringVar(&probeS, "probe-size", "64MiB", "bytes sent to --peer to measure the link (at most 1GiB; a slow link stops after 15 s)")
 	f.IntVar(&rounds, "rounds", 3, "repetitions of each measurement (medians are reported)")
 	f.IntVar(&workers, "workers", 0, "worker nodes in the cluster, to cap the replica count (0: unknown)")
 	f.BoolVar(&baseline, "baseline", false, "also time a bare criu dump of the same app, alternated with the engine's epochs")

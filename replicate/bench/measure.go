@@ -109,6 +109,9 @@ type Report struct {
 	// dump, nil unless Config.Baseline.
 	Checkpoint Checkpoints `json:"checkpoint"`
 	Bare       *Bare       `json:"bare,omitempty"`
+	// Link is the measured link to a clone node; nil when the link rate
+	// was given (or unknown) rather than measured.
+	Link *Link `json:"link,omitempty"`
 }
 
 // DumpRate is how fast this host captures memory, in bytes per second:

@@ -31,7 +31,9 @@ func WriteText(out io.Writer, rep *Report, rates Rates, w Workload, rec Recommen
 	fmt.Fprintf(tw, "  hashing (xxh3)\t%s on %d core(s), %s on one\n", FormatRate(rep.Hash.AllCores), h.CPUs, FormatRate(rep.Hash.OneCore))
 	fmt.Fprintf(tw, "  LZ4\t%s on %d core(s), %s on one, to %.0f%% of the size\n", FormatRate(rep.LZ4.AllCores), h.CPUs, FormatRate(rep.LZ4.OneCore), 100*rep.LZ4Ratio)
 	fmt.Fprintf(tw, "  disk (fsynced)\t%s\n", FormatRate(rep.Disk))
-	if rates.Link > 0 {
+	if rep.Link != nil {
+		fmt.Fprintf(tw, "  link to the clones\t%s\n", rep.Link.describe())
+	} else if rates.Link > 0 {
 		fmt.Fprintf(tw, "  link to the clones\t%s (given, not measured)\n", FormatRate(rates.Link))
 	} else {
 		fmt.Fprintf(tw, "  link to the clones\tunknown (not measured; give --link-rate)\n")
