@@ -114,7 +114,7 @@ func newBenchCmd(a *app) *cobra.Command {
 	f.IntVar(&workers, "workers", 0, "worker nodes in the cluster, to cap the replica count (0: unknown)")
 	f.BoolVar(&baseline, "baseline", false, "also time a bare criu dump of the same app, alternated with the engine's epochs")
 	f.BoolVar(&asJSON, "json", false, "print the measurements and the recommendation as JSON")
-	cmd.AddCommand(newBenchAppCmd(), newBenchLoadCmd(), newBenchProbeCmd(), newBenchStopAndCopyCmd(a))
+	cmd.AddCommand(newBenchAppCmd(), newBenchLoadCmd(), newBenchProbeCmd(), newBenchStopAndCopyCmd(a), newBenchRawRestoreCmd(a))
 	return cmd
 }
 
