@@ -87,6 +87,9 @@ type Engine struct {
 	// children are inits this process started and must reap.
 	children map[int]*shim.Process
 
+	// adoptFault, set by tests, fails Adopt at a named step.
+	adoptFault func(step string) error
+
 	gcMu      sync.Mutex // guards gcRunning and gcAgain
 	gcRunning bool       // a background GC runs
 	gcAgain   bool       // another epoch was committed since it started

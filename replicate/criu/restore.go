@@ -34,6 +34,9 @@ type RestoreOptions struct {
 	// External lists resources outside the tree to bind at restore
 	// (--external), matching the dump's.
 	External []string
+	// JoinNs puts the restored tree into existing namespaces (--join-ns),
+	// by kind ("uts", "time", "mnt", ...) to a namespace file.
+	JoinNs map[string]string
 	// Hooks are called at CRIU's notification points (see Hooks).
 	Hooks Hooks
 }
@@ -100,6 +103,9 @@ func (d *Driver) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResu
 	}
 	ro.LogFile = ptr(RestoreLog)
 	ro.External = opts.External
+	for ns, file := range opts.JoinNs {
+		ro.JoinNs = append(ro.JoinNs, &rpc.JoinNamespace{Ns: ptr(ns), NsFile: ptr(file)})
+	}
 	// The only mode the RPC service supports: the tree becomes the
 	// caller's child.
 	ro.RstSibling = ptr(true)
@@ -116,11 +122,16 @@ func (d *Driver) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResu
 		}
 		c.AddInheritFd(key, f)
 	}
+	appended := map[string]bool{}
 	for _, path := range opts.AppendFiles {
 		key, err := FileKey(path)
 		if err != nil {
 			return nil, fmt.Errorf("criu restore: append file %s: %w", path, err)
 		}
+		if appended[key] {
+			continue // stdout and stderr may be one file
+		}
+		appended[key] = true
 		if _, dup := opts.InheritFds[key]; dup {
 			return nil, fmt.Errorf("criu restore: append file %s is also in InheritFds", path)
 		}

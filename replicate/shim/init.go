@@ -59,6 +59,14 @@ var forwarded = []os.Signal{
 // pidfd, so that the tree holds nothing CRIU has to special-case. Diagnostics
 // go to standard error.
 func Main(args []string) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case adoptFlag:
+			return mainAdopt(args[1:])
+		case execNSFlag:
+			return mainExecNS(args[1:])
+		}
+	}
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]
 	}

@@ -84,10 +84,23 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 	if len(opts.Args) == 0 {
 		return nil, ErrNoCommand
 	}
+	return start(ctx, opts, append([]string{Subcommand, "--"}, opts.Args...), nil)
+}
+
+// start starts the init as `opts.Exe argv...`. extra are more descriptors
+// for the init (numbered from 3, after the gate if any), each announced in
+// its environment as KEY=FD.
+func start(ctx context.Context, opts StartOptions, argv []string, extra map[string]*os.File) (*Process, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if opts.Exe == "" {
 		return nil, errors.New("shim: no init executable (StartOptions.Exe)")
 	}
-	argv := append([]string{Subcommand, "--"}, opts.Args...)
+	what := "adopted tree"
+	if len(opts.Args) > 0 {
+		what = opts.Args[0]
+	}
 	cmd := exec.Command(opts.Exe, argv...)
 	cmd.Dir = opts.Dir
 	env := opts.Env
@@ -145,13 +158,17 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 		cmd.ExtraFiles = []*os.File{r} // fd 3 in the init
 		cmd.Env = append(cmd.Env, gateEnv+"=3")
 	}
+	for name, f := range extra {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", name, 3+len(cmd.ExtraFiles)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+	}
 	// Descriptors this process inherited without close-on-exec (from a
 	// shell, a test runner) would leak into the app and tie it to
 	// processes outside its tree, which CRIU refuses to checkpoint. The
 	// init gets exactly its standard files and the gate.
 	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s under %s: %w", opts.Args[0], opts.Exe, err)
+		return nil, fmt.Errorf("start %s under %s: %w", what, opts.Exe, err)
 	}
 	p := &Process{Pid: cmd.Process.Pid, proc: cmd.Process}
 	if opts.BeforeApp != nil {
@@ -163,7 +180,7 @@ func Start(ctx context.Context, opts StartOptions) (*Process, error) {
 		if _, err := gate.Write([]byte{1}); err != nil {
 			_ = p.Kill()
 			_, _ = p.Wait()
-			return nil, fmt.Errorf("start %s: release init: %w", opts.Args[0], err)
+			return nil, fmt.Errorf("start %s: release init: %w", what, err)
 		}
 	}
 	return p, nil

@@ -1,0 +1,303 @@
+package replicate
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	adoptAppOnce sync.Once
+	adoptAppPath string
+	adoptAppErr  error
+)
+
+// hostApp is the adoption test program running in the host PID namespace.
+type hostApp struct {
+	cmd   *exec.Cmd
+	pid   int
+	child int
+	nonce string
+	data  string // the file the child appends to
+	out   string // stdout
+	done  chan struct{}
+}
+
+// startHostApp builds (once) and starts testdata/adoptapp as a child of
+// the test, outside any doppel namespace, with its output in files, and
+// waits for it to be ready. Whatever is left of it is killed at the end.
+func startHostApp(t *testing.T) *hostApp {
+	t.Helper()
+	adoptAppOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "doppel-adoptapp-")
+		if err != nil {
+			adoptAppErr = err
+			return
+		}
+		adoptAppPath = filepath.Join(dir, "adoptapp")
+		out, err := exec.Command("go", "build", "-o", adoptAppPath, "./testdata/adoptapp").CombinedOutput()
+		if err != nil {
+			adoptAppErr = fmt.Errorf("go build ./testdata/adoptapp: %v\n%s", err, out)
+		}
+	})
+	if adoptAppErr != nil {
+		t.Fatal(adoptAppErr)
+	}
+	dir := t.TempDir()
+	a := &hostApp{data: filepath.Join(dir, "data", "counter.log"), out: filepath.Join(dir, "out.log"), done: make(chan struct{})}
+	if err := os.Mkdir(filepath.Dir(a.data), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.OpenFile(a.out, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	// Descriptors the test inherited (from a shell, go test) would be
+	// shared with processes outside the tree: a blocker for adoption.
+	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
+	a.cmd = exec.Command(adoptAppPath)
+	a.cmd.Dir = dir
+	a.cmd.Env = append(os.Environ(), "APP_DATA="+a.data)
+	a.cmd.Stdout, a.cmd.Stderr = out, out
+	// Its own process group, so that no signal of the test's reaches it.
+	a.cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = a.cmd.Wait(); close(a.done) }()
+	a.pid = a.cmd.Process.Pid
+	deadline := time.Now().Add(10 * time.Second)
+	for a.nonce == "" {
+		b, _ := os.ReadFile(a.out)
+		var pid int
+		if n, _ := fmt.Sscanf(string(b), "ready pid=%d child=%d nonce=%s", &pid, &a.child, &a.nonce); n != 3 {
+			a.nonce = ""
+			if time.Now().After(deadline) {
+				t.Fatalf("adoptapp not ready: %q", b)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// The dump kills the child too; as an orphan it comes to this process
+	// (a child subreaper), which must reap it to free its PID.
+	go reapOrphan(a.child)
+	t.Cleanup(func() {
+		_ = unix.Kill(a.child, unix.SIGKILL)
+		_ = unix.Kill(a.pid, unix.SIGKILL)
+	})
+	return a
+}
+
+// reapOrphan reaps pid once it has become this process's child and ended.
+func reapOrphan(pid int) {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		var ws unix.WaitStatus
+		p, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		if p == pid || err != nil && !errors.Is(err, unix.ECHILD) && !errors.Is(err, unix.EINTR) {
+			return
+		}
+		if errors.Is(err, unix.ECHILD) && !exists(pid) {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// counters returns the counters in the app's data file, checking that
+// every line has the app's nonce and that they count up without a gap.
+func (a *hostApp) counters(t *testing.T) []int {
+	t.Helper()
+	b, err := os.ReadFile(a.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for i, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		if l == "" {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) != 2 || f[0] != a.nonce {
+			t.Fatalf("data line %d %q: want nonce %s", i+1, l, a.nonce)
+		}
+		n, err := strconv.Atoi(f[1])
+		if err != nil {
+			t.Fatalf("data line %d %q: %v", i+1, l, err)
+		}
+		if n != len(out)+1 {
+			t.Fatalf("data line %d is counter %d: the counter did not continue (want %d)", i+1, n, len(out)+1)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// waitCounter waits until the data file holds at least n counters.
+func (a *hostApp) waitCounter(t *testing.T, n int) int {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c := a.counters(t)
+		if len(c) >= n {
+			return len(c)
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(a.out)
+			t.Fatalf("counter stuck at %d, want %d; app output:\n%s", len(c), n, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// nsPid returns pid's PID in the innermost namespace it belongs to.
+func nsPid(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f, ok := strings.CutPrefix(l, "NSpid:"); ok {
+			fs := strings.Fields(f)
+			n, _ := strconv.Atoi(fs[len(fs)-1])
+			return n
+		}
+	}
+	t.Fatalf("no NSpid for %d", pid)
+	return 0
+}
+
+func TestAdoptThenCheckpointKillRestore(t *testing.T) {
+	requireE2E(t)
+	e := newEngine(t, t.TempDir(), nil)
+	a := startHostApp(t)
+	before := a.waitCounter(t, 5)
+	name := uniqueName("adopt")
+	killAppAtEnd(t, name)
+
+	start := time.Now()
+	st, err := e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: name, DataPaths: []string{filepath.Dir(a.data)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("adopted pid %d in %v: init %d", a.pid, time.Since(start), st.Pid)
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the original process %d still runs in the host PID namespace", a.pid)
+	}
+	if exists(a.child) && nsOf(a.child, "pid") == nsOf(os.Getpid(), "pid") && procStart(a.child) != 0 {
+		// The PID may have been reused by an unrelated process; the
+		// child's own start time tells.
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", a.child)); strings.Contains(string(b), "adoptapp") {
+			t.Fatalf("the original child %d still runs in the host PID namespace", a.child)
+		}
+	}
+	host := nsOf(os.Getpid(), "pid")
+	initNS := nsOf(st.Pid, "pid")
+	if initNS == "" || initNS == host {
+		t.Fatalf("init %d is in PID namespace %q, the host's is %q", st.Pid, initNS, host)
+	}
+	if got := nsPid(t, st.Pid); got != 1 {
+		t.Fatalf("init is PID %d in its namespace, want 1", got)
+	}
+	tree := treePids(st.Pid, nil)
+	if len(tree) != 3 {
+		t.Fatalf("tree under the init: %v, want init, app and its child", tree)
+	}
+	root := tree[1]
+	if nsOf(root, "pid") != initNS {
+		t.Fatalf("adopted root %d is in PID namespace %s, the init's is %s", root, nsOf(root, "pid"), initNS)
+	}
+	if got := nsPid(t, root); got != a.pid {
+		t.Fatalf("adopted root has PID %d in its namespace, want its old PID %d", got, a.pid)
+	}
+	for _, kind := range []string{"mnt", "uts", "time"} {
+		if nsOf(root, kind) != nsOf(os.Getpid(), kind) {
+			t.Errorf("adopted root is in %s namespace %s, the host's is %s", kind, nsOf(root, kind), nsOf(os.Getpid(), kind))
+		}
+	}
+	if st.Stdout != a.out {
+		t.Errorf("app stdout %s, want the process's own %s", st.Stdout, a.out)
+	}
+	after := a.waitCounter(t, before+10)
+	t.Logf("counter %d before adoption, %d after", before, after)
+
+	// Epochs of the adopted app are taken of its whole namespace.
+	ep, err := e.Checkpoint(t.Context(), name, CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	atEpoch := a.waitCounter(t, 0)
+	a.waitCounter(t, atEpoch+5)
+	if err := e.Stop(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.Restore(t.Context(), name, RestoreOptions{Epoch: ep.Manifest.Epoch}); err != nil {
+		t.Fatal(err)
+	}
+	// The data file went back to the epoch; the counter goes on from there.
+	n := a.waitCounter(t, atEpoch+10)
+	t.Logf("epoch %d restored: counter %d", ep.Manifest.Epoch, n)
+	if err := e.Stop(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAdoptFailurePutsTreeBack(t *testing.T) {
+	requireE2E(t)
+	e := newEngine(t, t.TempDir(), nil)
+	e.adoptFault = func(step string) error { return fmt.Errorf("injected failure at %s", step) }
+	a := startHostApp(t)
+	before := a.waitCounter(t, 5)
+	name := uniqueName("adoptfail")
+	killAppAtEnd(t, name)
+
+	_, err := e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: name})
+	if err == nil || !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), "put back") {
+		t.Fatalf("Adopt: %v, want the injected failure and the tree put back", err)
+	}
+	t.Log(err)
+	if !alive(a.pid) {
+		t.Fatalf("pid %d does not run after the failed adoption", a.pid)
+	}
+	if got, want := nsOf(a.pid, "pid"), nsOf(os.Getpid(), "pid"); got != want {
+		t.Fatalf("pid %d is in PID namespace %s, want the host's %s", a.pid, got, want)
+	}
+	n := a.waitCounter(t, before+10)
+	t.Logf("counter %d before, %d after the put-back", before, n)
+	if _, err := e.App(name); err == nil {
+		t.Errorf("app %s registered after a failed adoption", name)
+	}
+}
+
+func TestAdoptRefuses(t *testing.T) {
+	requireE2E(t)
+	e := newEngine(t, t.TempDir(), nil)
+	for _, tc := range []struct {
+		pid  int
+		want string
+	}{
+		{1, "pid 1 is the system's init"},
+		{os.Getpid(), "doppel itself"},
+		{os.Getppid(), "doppel itself or one of its ancestors"},
+		{1 << 22, "no process"},
+	} {
+		_, err := e.Adopt(t.Context(), AdoptOptions{Pid: tc.pid, Name: "x"})
+		if !errors.Is(err, ErrCannotAdopt) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Adopt(%d): %v, want %q", tc.pid, err, tc.want)
+		}
+	}
+}
