@@ -2,6 +2,7 @@ package introspect
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -87,12 +88,67 @@ func (c *fdCtx) access(name string) string {
 }
 
 // readFDs resolves every descriptor of p to a resource node.
+//
+// Listing /proc/PID/fd costs the kernel a dentry lookup per descriptor,
+// about half the cost of the readlink that follows. So when the process
+// holds as many descriptors as the last scan resolved (the kernel reports
+// the count as the directory's size), their numbers are read directly:
+// all of them still open and the same count means the same set. The count
+// is taken again at the end, and the directory is listed after all if a
+// number is gone or the count changed, so a descriptor opened during the
+// scan is found as before. What this cannot see is a descriptor opened at
+// a new number while as many others were closed and reopened around the
+// readlinks; a frozen tree has none, a running one shows it in the next
+// scan.
 func (s *scanner) readFDs(pf *procFiles, p *Process, unreadable func(string, error)) {
-	dfd := pf.dir
-	fdDir, err := s.sc.openFDDir(pf)
+	fdDir, fresh, err := s.sc.openFDDir(pf)
 	if err != nil {
 		unreadable("fds", err)
 		return
+	}
+	c := &fdCtx{s: s, p: p, dfd: pf.dir, fdDir: fdDir, unreadable: unreadable}
+	defer func() {
+		if c.infoDir > 0 {
+			s.r.close(c.infoDir)
+		}
+	}()
+	linkErr := false
+	// resolve reads descriptor fd and reports whether it is still open.
+	resolve := func(fd int) bool {
+		name := s.sc.fdName(fd)
+		link, err := s.r.readlinkBytes(fdDir, name)
+		if err != nil {
+			if isGone(err) {
+				return false // closed meanwhile
+			}
+			if !linkErr {
+				linkErr = true
+				unreadable("fd "+name, err)
+			}
+			return true
+		}
+		p.FDCount++
+		c.classify(fd, name, link)
+		return true
+	}
+
+	prev := pf.fds
+	done := 0 // prev[:done] are resolved
+	if !fresh && len(prev) > 0 && s.sc.fdCount(fdDir) == len(prev) {
+		for done < len(prev) && resolve(prev[done]) {
+			done++
+		}
+		if done == len(prev) && s.sc.fdCount(fdDir) == len(prev) {
+			return
+		}
+	}
+
+	if !fresh {
+		if fdDir, err = s.sc.rewindFDDir(pf); err != nil {
+			unreadable("fds", err)
+			return
+		}
+		c.fdDir = fdDir
 	}
 	fds := s.fdBuf[:0]
 	if err := s.r.readDirNames(fdDir, func(name []byte) {
@@ -103,29 +159,21 @@ func (s *scanner) readFDs(pf *procFiles, p *Process, unreadable func(string, err
 		unreadable("fds", err)
 	}
 	s.fdBuf = fds
-	c := &fdCtx{s: s, p: p, dfd: dfd, fdDir: fdDir, unreadable: unreadable}
-	defer func() {
-		if c.infoDir > 0 {
-			s.r.close(c.infoDir)
-		}
-	}()
-	linkErr := false
+	seen := prev[:done]
+	open := append(s.openBuf[:0], seen...)
 	for _, fd := range fds {
-		name := s.sc.fdName(fd)
-		link, err := s.r.readlinkBytes(fdDir, name)
-		if err != nil {
-			if isGone(err) {
-				continue // closed meanwhile
-			}
-			if !linkErr {
-				linkErr = true
-				unreadable("fd "+name, err)
-			}
+		if _, ok := slices.BinarySearch(seen, fd); ok {
 			continue
 		}
-		p.FDCount++
-		c.classify(fd, name, link)
+		if resolve(fd) {
+			open = append(open, fd)
+		}
 	}
+	if done > 0 {
+		slices.Sort(open)
+	}
+	s.openBuf = open
+	pf.fds = append(pf.fds[:0], open...)
 }
 
 var (

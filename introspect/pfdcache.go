@@ -33,7 +33,11 @@ type procFiles struct {
 	dir   int // /proc/PID, O_PATH
 	files [pfCount]int
 	fdDir int // /proc/PID/fd
-	gen   uint64
+	// fds are the descriptors the last scan resolved, in ascending
+	// order; readFDs checks them against the kernel's count instead of
+	// listing the directory again.
+	fds []int
+	gen uint64
 	// dead is set when a read found the process gone. Its files stay
 	// open until the process is released, so that no descriptor number
 	// handed out during its scan is closed (and reused) under the reader.
@@ -125,6 +129,7 @@ func (sc *Scanner) closeProc(pf *procFiles) {
 		sc.r.close(pf.fdDir)
 		pf.fdDir = -1
 	}
+	pf.fds = pf.fds[:0]
 }
 
 // readProcFile reads one of the kept-open files of pid whole.
@@ -171,25 +176,45 @@ func (sc *Scanner) readProcFile(pid int, pf *procFiles, which int) ([]byte, erro
 	}
 }
 
-// openFDDir returns /proc/PID/fd open and rewound.
-func (sc *Scanner) openFDDir(pf *procFiles) (int, error) {
+// openFDDir returns /proc/PID/fd open; fresh reports whether it was just
+// opened (a kept one must be rewound before it is listed).
+func (sc *Scanner) openFDDir(pf *procFiles) (fd int, fresh bool, err error) {
 	if pf.dead || pf.dir < 0 {
-		return -1, unix.ESRCH // the process went away meanwhile
+		return -1, false, unix.ESRCH // the process went away meanwhile
 	}
 	if pf.fdDir >= 0 {
-		sc.r.calls++
-		if _, err := unix.Seek(pf.fdDir, 0, 0); err == nil {
-			return pf.fdDir, nil
-		}
-		sc.r.close(pf.fdDir)
-		pf.fdDir = -1
+		return pf.fdDir, false, nil
 	}
-	fd, err := sc.r.openat(pf.dir, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	fd, err = sc.r.openat(pf.dir, "fd", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
-		return -1, err
+		return -1, false, err
 	}
 	pf.fdDir = fd
-	return fd, nil
+	pf.fds = pf.fds[:0]
+	return fd, true, nil
+}
+
+// rewindFDDir returns the kept /proc/PID/fd rewound for listing.
+func (sc *Scanner) rewindFDDir(pf *procFiles) (int, error) {
+	sc.r.calls++
+	if _, err := unix.Seek(pf.fdDir, 0, 0); err == nil {
+		return pf.fdDir, nil
+	}
+	sc.r.close(pf.fdDir)
+	pf.fdDir = -1
+	fd, _, err := sc.openFDDir(pf)
+	return fd, err
+}
+
+// fdCount returns the number of open descriptors the kernel reports as
+// the size of /proc/PID/fd (Linux 6.2 and later), or -1.
+func (sc *Scanner) fdCount(fdDir int) int {
+	var st unix.Stat_t
+	sc.r.calls++
+	if unix.Fstat(fdDir, &st) != nil || st.Size <= 0 {
+		return -1
+	}
+	return int(st.Size)
 }
 
 // sweep closes the files of the processes the last scan did not read.

@@ -145,6 +145,7 @@ type scanner struct {
 	peers   map[uint64]*diagSock // UNIX peers outside the tree
 	devMaps []devMap
 	fdBuf   []int
+	openBuf []int                          // descriptors found open, for procFiles.fds
 	allPIDs []int                          // the machine's processes, when listed at the start
 	noFDs   map[int]bool                   // kernel threads and zombies: they hold no descriptors
 	stats   map[uint64]map[string]fileStat // by mount namespace and path
