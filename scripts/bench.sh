@@ -27,7 +27,10 @@
 #              pages per second over a link capped at 1 Gbit/s, vs a naive
 #              stop-and-copy (full dump, capped transfer, restore) (<= 0.35)
 #   failover   kill -9 of the OP node's daemon and app to the first request
-#              served by the new OP (median <= 2 s)
+#              served by the new OP, vs CRIU alone restoring the same app on
+#              its node from a dump taken just before the kill (`doppel
+#              bench raw-restore`: kill -9, criu restore, first served
+#              request); goal: doppel's median <= 2 s
 #   throughput app requests/s under checkpoints every 1 s and 5 s, vs the
 #              same app unmanaged (reported)
 # The full run takes the first three from BenchmarkEngine1GiB (replicate/),
@@ -512,21 +515,57 @@ note "throughput: WORK requests (each rewrites a word of one page) from 4 connec
 
 # ----------------------------------------------------------------- failover
 L=$(load_avg)
-fo_ms=()
+fo_ms=() rr_ms=() rr_failed=0
+# do_rawrestore: one round of the failover baseline, the same app as
+# doppel's side restored by CRIU alone on one node; appends to rr_ms.
+do_rawrestore() {
+	local port args
+	port=$(free_port)
+	args=(--listen "127.0.0.1:$port" --warmup 1s --json)
+	if [ "$FAILOVER_FROM" = chaos ]; then
+		rm -rf "$TMP/rr-data"
+		args+=(--request "GET k" -- "$KVAPP" -listen "127.0.0.1:$port" -data "$TMP/rr-data" -ballast 64)
+	else
+		args+=(--size "$FO_SIZE" --dirty-rate 0.01)
+	fi
+	if ! bg "$DOPPEL" --config "$CFG" --state-dir "$TMP/rawrestore" bench raw-restore "${args[@]}" >"$TMP/rawrestore.json" 2>>"$TMP/rawrestore.log"; then
+		rr_failed=$((rr_failed + 1))
+		note "raw restore failed: $(tail -1 "$TMP/rawrestore.log")"
+		return 1
+	fi
+	rr_ms+=("$(sed -n 's/.*"total_ms":\([0-9.]*\).*/\1/p' "$TMP/rawrestore.json")")
+}
 if [ "$FAILOVER_FROM" = chaos ]; then
-	say "failover: BenchmarkFailover64MiB (failover/chaos), $ROUNDS failover(s)"
-	bg go test -run '^$' -bench '^BenchmarkFailover64MiB$' -benchtime "${ROUNDS}x" -count 1 -timeout 30m ./failover/chaos/ >"$TMP/failover.txt" 2>&1 ||
-		{ say "BenchmarkFailover64MiB failed:"; tail -20 "$TMP/failover.txt" >&2; }
-	fo=$(grep '^BenchmarkFailover64MiB' "$TMP/failover.txt" | metric ms-median | median)
-	p95=$(grep '^BenchmarkFailover64MiB' "$TMP/failover.txt" | metric ms-p95 | median)
-	fo_ms=($(sed -n 's/.* answers \([0-9.]*\)\(m\{0,1\}s\) after the kill.*/\1 \2/p' "$TMP/failover.txt" | awk '{ print ($2 == "s") ? $1 * 1000 : $1 }'))
-	note "failover: BenchmarkFailover64MiB (failover/chaos: 3 nodes, 64 MiB app, 2 clones, interval 1s, sync journal, kill -9 of the OP node's whole tree → first request answered by the new OP); median ${fo:-?} ms, p95 ${p95:-?} ms; samples [${fo_ms[*]}] ms; load at start $L"
+	say "failover: BenchmarkFailover64MiB (failover/chaos), one failover per round, alternated with a raw CRIU restore of the same app, $ROUNDS round(s)"
+	KVAPP=$TMP/kvapp
+	go build -o "$KVAPP" ./failover/chaos/testdata/kvapp || die "go build of the chaos tests' app failed"
+	# do_chaos R: one failover of the chaos benchmark; appends to fo_ms.
+	do_chaos() {
+		local out=$TMP/failover-$1.txt
+		bg go test -run '^$' -bench '^BenchmarkFailover64MiB$' -benchtime 1x -count 1 -timeout 30m ./failover/chaos/ >"$out" 2>&1 ||
+			{ say "BenchmarkFailover64MiB failed:"; tail -20 "$out" >&2; return 1; }
+		fo_ms+=($(sed -n 's/.* answers \([0-9.]*\)\(m\{0,1\}s\) after the kill.*/\1 \2/p' "$out" | awk '{ print ($2 == "s") ? $1 * 1000 : $1 }'))
+	}
+	for r in $(seq "$ROUNDS"); do
+		if [ $((r % 2)) = 1 ]; then
+			do_chaos "$r" || true
+			do_rawrestore || true
+		else
+			do_rawrestore || true
+			do_chaos "$r" || true
+		fi
+		say "round $r: failover $(last "${fo_ms[@]}") ms, raw restore $(last "${rr_ms[@]}") ms"
+	done
+	fo=$(printf '%s\n' "${fo_ms[@]}" | median)
+	rr=$(printf '%s\n' "${rr_ms[@]}" | median)
+	note "failover: BenchmarkFailover64MiB (failover/chaos: 3 nodes, kvapp holding 64 MiB, 2 clones, interval 1s, sync journal, kill -9 of the OP node's whole tree → first request answered by the new OP), one failover per round (a fresh cluster each time); samples [${fo_ms[*]}] ms; baseline: \`doppel bench raw-restore\` of the same kvapp (64 MiB ballast) in its own PID namespace on one node: criu dump --leave-running to tmpfs, kill -9, criu restore of that dump, first GET answered (no detection, election, transfer or journal); samples [${rr_ms[*]}] ms, $rr_failed failed; the two alternate which goes first; load at start $L"
 else
-	say "failover: $FO_SIZE app with 2 clones, interval 1s, kill -9 of the OP daemon and its app, $ROUNDS round(s)"
+	say "failover: $FO_SIZE app with 2 clones, interval 1s, kill -9 of the OP daemon and its app, alternated with a raw CRIU restore of the same app, $ROUNDS round(s)"
 	FAPP=fo-$RUN_ID
 	FPORT=$(free_port) SPORT=$(free_port)
 	if run_app n1 "$FAPP" "$FO_SIZE" 0.01 "$FPORT" 1s 2 ":$SPORT=127.0.0.1:$FPORT"; then
 		for r in $(seq "$ROUNDS"); do
+			[ $((r % 2)) = 1 ] || do_rawrestore || true
 			wait_until 180 "$FAPP in sync with 2 clones" in_sync n1 "$FAPP" 2 || break
 			op=$(app_field n1 op)
 			live=""
@@ -543,15 +582,18 @@ else
 			wait "${NODE_PID[$op]}" 2>/dev/null || true
 			start_node "$op" "${NODE_IP[$op]}" "${NODE_IP[$other]}"
 			wait_until 60 "node $op back" cluster_ok "$other" 3 || break
+			[ $((r % 2)) = 0 ] || do_rawrestore || true
+			say "round $r: raw restore $(last "${rr_ms[@]}") ms"
 		done
 		remove_app n1 "$FAPP" || say "could not remove $FAPP"
 	else
 		say "failover app did not start"
 	fi
 	fo=$(printf '%s\n' "${fo_ms[@]}" | median)
-	note "failover: this script's cluster (nodes with --preset $PRESET: its failure detection sets most of the time), $FO_SIZE app dirtying 1%/s, 2 clones, interval 1s, sync journal; kill -9 of the OP daemon and the app → first PING answered through the service on another node; samples [${fo_ms[*]}] ms; load at start $L"
+	rr=$(printf '%s\n' "${rr_ms[@]}" | median)
+	note "failover: this script's cluster (nodes with --preset $PRESET: its failure detection sets most of the time), $FO_SIZE app dirtying 1%/s, 2 clones, interval 1s, sync journal; kill -9 of the OP daemon and the app → first PING answered through the service on another node; samples [${fo_ms[*]}] ms; baseline: \`doppel bench raw-restore\` of the same app on one node (criu dump --leave-running to tmpfs, kill -9, criu restore of that dump, first PING answered), alternated with the failovers; samples [${rr_ms[*]}] ms, $rr_failed failed; load at start $L"
 fi
-ROW[failover]="$fo||"
+ROW[failover]="$fo|$rr|$(ratio "$fo" "$rr")"
 
 # ------------------------------------------------------------------- report
 LOAD_END=$(load_avg)
@@ -575,8 +617,9 @@ table() {
 		IFS='|' read -r d b r <<<"${ROW[$key]:-||}"
 		[ -n "$d" ] || missing+=("$key")
 		if [ "$key" = failover ]; then
+			[ -n "$b" ] || missing+=("failover-baseline")
 			cell="median ≤ $goal ms: $(goal_met "$d" "$goalop" "$goal")"
-			printf '| %s | %s | — | — | %s |\n' "$label" "${d:-none} ms" "$cell"
+			printf '| %s | %s | %s | %s | %s |\n' "$label" "${d:-none} ms" "${b:-none} ms" "${r:-none}" "$cell"
 			continue
 		fi
 		if [ "$goal" = report ]; then
@@ -590,7 +633,7 @@ freeze|full checkpoint freeze, $SIZE_CKPT RSS (vs bare criu dump --leave-running
 incr|incremental epoch, 1% pages dirty, $SIZE_CKPT (vs full epoch), stored|MiB|<=|0.03
 capture|capture to stored, full $SIZE_CKPT epoch (vs bare dump time)|ms|<=|2.5
 relocate|relocation pause, $RELOC_SIZE RSS dirtying 1%/s, 1 Gbit/s link (vs stop-and-copy)|ms|<=|0.35
-failover|failover, kill -9 → first served request|ms|<=|2000
+failover|failover, kill -9 → first served request (vs raw CRIU restore of the same app on one node)|ms|<=|2000
 tp1|app throughput, checkpoint every 1 s, $TP_SIZE (vs unmanaged)|req/s|>=|report
 tp5|app throughput, checkpoint every 5 s, $TP_SIZE (vs unmanaged)|req/s|>=|report
 EOF
@@ -616,7 +659,7 @@ if [ -n "$OUT" ]; then
 		echo
 		echo "$TABLE"
 		echo
-		echo "Ratios are doppel's median over the baseline's median. Each round runs doppel and its baseline back to back: relocation, throughput and \`doppel bench --baseline\` alternate which goes first; BenchmarkEngine1GiB runs the bare dump just before the engine's checkpoint in every round."
+		echo "Ratios are doppel's median over the baseline's median. Each round runs doppel and its baseline back to back: relocation, failover, throughput and \`doppel bench --baseline\` alternate which goes first; BenchmarkEngine1GiB runs the bare dump just before the engine's checkpoint in every round."
 		echo
 		echo "## How each number was measured"
 		echo
