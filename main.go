@@ -97,7 +97,7 @@ func newRoot(a *app) *cobra.Command {
 
 	root.AddCommand(newDoctorCmd(a), newVersionCmd(), newInitCmd(a), newNodeCmd(a),
 		newStatusCmd(a), newNodesCmd(a), newLsCmd(a),
-		newRunCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newFailoverCmd(a), newRelocateCmd(a), newDrainCmd(a), newUndrainCmd(a), newBalanceCmd(a),
+		newRunCmd(a), newAdoptCmd(a), newCheckpointCmd(a), newRestoreCmd(a), newFailoverCmd(a), newRelocateCmd(a), newDrainCmd(a), newUndrainCmd(a), newBalanceCmd(a),
 		newStopCmd(a), newRmCmd(a),
 		newEpochsCmd(a), newExportCmd(a), newImportCmd(a), newInspectCmd(a),
 		newTUICmd(a), newDemoCmd(a), newDemoAppCmd(), newBenchCmd(a))

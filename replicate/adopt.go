@@ -62,7 +62,7 @@ func (e *Engine) Adopt(ctx context.Context, opts AdoptOptions) (*AppState, error
 	}
 	name := opts.Name
 	if name == "" {
-		name = nameFromComm(pid)
+		name = AdoptName(pid)
 		if err := ValidName(name); err != nil {
 			return nil, fmt.Errorf("adopt pid %d: no usable name from its command %q: give one with --name", pid, name)
 		}
@@ -381,8 +381,10 @@ func procCmdline(pid int) []string {
 	return strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
 }
 
-// nameFromComm makes an app name from pid's command name.
-func nameFromComm(pid int) string {
+// AdoptName is the name Adopt gives the app of pid when AdoptOptions.Name
+// is empty: its command name, lower-cased, with the characters ValidName
+// refuses replaced by '-'.
+func AdoptName(pid int) string {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 	s := strings.ToLower(strings.TrimSpace(string(b)))
 	out := []byte(s)

@@ -23,6 +23,10 @@ type Backend interface {
 	// validation (name, non-empty args, absolute paths, no negative
 	// numbers). An existing app wraps ErrConflict.
 	Run(ctx context.Context, req RunRequest) (AppInfo, error)
+	// Adopt makes a process tree of this node's machine an app running
+	// here (see AdoptRequest), validated like Run's request. A process that
+	// cannot be adopted wraps ErrBadRequest, an existing app ErrConflict.
+	Adopt(ctx context.Context, req AdoptRequest) (AppInfo, error)
 	// Checkpoint takes an epoch of a running app now and returns it once
 	// committed.
 	Checkpoint(ctx context.Context, name string) (EpochInfo, error)

@@ -27,6 +27,7 @@
 //	POST   /v1/nodes/{name}/probe?bytes=N  → ProbeResult (link rate and round trip to that node)
 //	GET    /v1/balance                     → BalancePlan (what the balancer would do now)
 //	POST   /v1/import                      ImportRequest → ImportResult (progress as events: op import)
+//	POST   /v1/adopt                       AdoptRequest → 201 AppInfo
 //	GET    /v1/events                      → NDJSON stream of Event
 //
 // Lists are [] when empty, never null. Times are RFC 3339; Duration values

@@ -83,6 +83,7 @@ var routes = []route{
 	{http.MethodPost, "/v1/apps/{name}/stop", jsonHandler(postStop)},
 	{http.MethodPost, "/v1/apps/{name}/export", jsonHandler(postExport)},
 	{http.MethodPost, "/v1/import", jsonHandler(postImport)},
+	{http.MethodPost, "/v1/adopt", jsonHandler(postAdopt)},
 	{http.MethodPost, "/v1/apps/{name}/failover", jsonHandler(postFailover)},
 	{http.MethodPost, "/v1/apps/{name}/relocate", jsonHandler(postRelocate)},
 	{http.MethodPost, "/v1/nodes/{name}/drain", jsonHandler(postDrain)},
