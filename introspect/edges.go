@@ -85,7 +85,7 @@ func (s *scanner) pid(p int) string {
 // number), so that the same tree gives the same edge order.
 func (s *scanner) buildEdges() {
 
-	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, 64)}
+	es := &edgeSet{g: s.g, seen: make(map[edgeKey]int, s.sc.last.edges+64)}
 	s.g.Edges = make([]Edge, 0, len(s.nodes)*2)
 	s.internal = map[string]bool{}
 
@@ -131,7 +131,7 @@ func (s *scanner) buildEdges() {
 			for _, h := range n.Holders {
 				if strings.Contains(h.Access, "w") {
 					es.add(Edge{From: s.pid(h.PID), To: n.ID, Kind: EdgeWrites,
-						Reason: fmt.Sprintf("fd %d open for writing", h.FD)})
+						Reason: "fd " + strconv.Itoa(h.FD) + " open for writing"})
 				}
 			}
 		}
@@ -263,6 +263,7 @@ func (s *scanner) buildEdges() {
 			es.add(Edge{From: xn.ID, To: n.ID, Kind: EdgeOutside, Reason: fmt.Sprintf("fd %d (%s)", o.FD, o.Access)})
 		}
 	}
+	s.sc.last.edges = len(es.seen)
 }
 
 // sharesData reports whether the mappers of n exchange data through it: a

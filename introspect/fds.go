@@ -50,6 +50,7 @@ type fdCtx struct {
 	infoDir    int // /proc/PID/fdinfo, opened on first use
 	infoErr    bool
 	unreadable func(string, error)
+	pidStr     string // decimal pid, made on first use
 }
 
 // fdinfo reads /proc/PID/fdinfo/NAME.
@@ -203,12 +204,13 @@ func (c *fdCtx) classify(fd int, name string, link []byte) {
 		h.Access = c.access(name)
 		n := s.pipes[ino]
 		if n == nil {
-			n = s.node("pipe:"+strconv.FormatUint(ino, 10), KindPipe, string(link))
+			var buf [32]byte
+			n = s.node(string(strconv.AppendUint(append(buf[:0], "pipe:"...), ino, 10)), KindPipe, string(link))
 			s.pipes[ino] = n
 		}
 		n.Holders = append(n.Holders, h)
 	case bytes.HasPrefix(link, prefixAnon):
-		what := strings.Trim(string(link[len(prefixAnon):]), "[]")
+		what := s.sc.intern(bytes.Trim(link[len(prefixAnon):], "[]"))
 		c.anon(h, name, anonKind(what), what)
 	case bytes.HasPrefix(link, prefixPidfd):
 		c.anon(h, name, KindPidfd, "pidfd")
@@ -238,7 +240,10 @@ func (c *fdCtx) anon(h Holder, name string, kind NodeKind, what string) {
 			h.Flags, h.Access, info = fi.Flags, accessOf(fi.Flags), fi.Extra
 		}
 	}
-	pid := strconv.Itoa(c.p.PID)
+	if c.pidStr == "" {
+		c.pidStr = strconv.Itoa(c.p.PID)
+	}
+	pid := c.pidStr
 	n := s.node(string(kind)+":"+pid+":"+name, kind, what+" (fd "+name+" of "+pid+")")
 	if kind == KindAnonInode || kind == KindBPF {
 		if info == nil {
@@ -261,8 +266,9 @@ type fileStat struct {
 // the same path in the same mount namespace within one scan (a /dev/null
 // or a log file open in every process is stat'ed once). path is only read.
 //
-// When it stores path as a string, it returns the string in *ps for reuse.
-func (c *fdCtx) statPath(name string, path []byte, deleted bool, ps *string) (fileStat, error) {
+// When it stores path as a string, it returns "file:"+path in *fileID, the
+// ID of the path's node, which the table key shares.
+func (c *fdCtx) statPath(name string, path []byte, deleted bool, fileID *string) (fileStat, error) {
 	mntns := c.p.Namespaces["mnt"]
 	byPath := c.s.stats[mntns]
 	if !deleted && byPath != nil {
@@ -277,14 +283,17 @@ func (c *fdCtx) statPath(name string, path []byte, deleted bool, ps *string) (fi
 	fs := fileStat{mode: st.Mode, size: st.Size, dev: st.Dev, ino: st.Ino, rdev: st.Rdev}
 	if !deleted {
 		if byPath == nil {
-			byPath = make(map[string]fileStat, 64)
+			byPath = make(map[string]fileStat, c.s.sc.last.statPaths+64)
 			c.s.stats[mntns] = byPath
 		}
-		*ps = string(path)
-		byPath[*ps] = fs
+		*fileID = fileIDPrefix + string(path)
+		byPath[(*fileID)[len(fileIDPrefix):]] = fs
 	}
 	return fs, nil
 }
+
+// fileIDPrefix starts the ID of a node named by its path.
+const fileIDPrefix = "file:"
 
 var deletedSuffixBytes = []byte(deletedSuffix)
 
@@ -295,8 +304,8 @@ func (c *fdCtx) path(h Holder, name string, link []byte) {
 	path := bytes.TrimSuffix(link, deletedSuffixBytes)
 	deleted := len(path) != len(link)
 	typ := "unknown"
-	var pathStr string
-	st, err := c.statPath(name, path, deleted, &pathStr)
+	var fileID string
+	st, err := c.statPath(name, path, deleted, &fileID)
 	if err != nil {
 		if isGone(err) {
 			return // closed meanwhile
@@ -354,10 +363,11 @@ func (c *fdCtx) path(h Holder, name string, link []byte) {
 		// Most paths: look the node up without building strings.
 		n = s.files[string(path)]
 		if n == nil {
-			if pathStr == "" {
-				pathStr = string(path)
+			if fileID == "" {
+				fileID = fileIDPrefix + string(path)
 			}
-			n = s.node("file:"+pathStr, kind, pathStr)
+			pathStr := fileID[len(fileIDPrefix):]
+			n = s.node(fileID, kind, pathStr)
 			s.files[pathStr] = n
 		}
 	} else {

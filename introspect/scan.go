@@ -44,6 +44,7 @@ type Scanner struct {
 	dbuf      []byte             // sock_diag receive buffer
 	devs      map[uint64]string  // devString results
 	lastNodes int                // nodes of the last scan, to size the next one
+	last      scanSizes          // the last scan's table sizes, to size the next one
 	pfs       map[int]*procFiles // procfs files kept open between scans
 	gen       uint64             // scan generation, for sweeping pfs
 	procFD    int                // ProcRoot, kept open
@@ -115,10 +116,10 @@ func (sc *Scanner) Scan(ctx context.Context, root int) (*Graph, error) {
 		g:       &Graph{Root: root, Scope: sc.cfg.Scope, Time: start},
 		byID:    make(map[string]*Node, sc.lastNodes+64),
 		procs:   make(map[int]*Node, 16),
-		sockets: make(map[uint64]*sockUse, 64),
+		sockets: make(map[uint64]*sockUse, sc.last.sockets+64),
 		stats:   make(map[uint64]map[string]fileStat, 2),
-		pipes:   make(map[uint64]*Node, 64),
-		files:   make(map[string]*Node, 64),
+		pipes:   make(map[uint64]*Node, sc.last.pipes+64),
+		files:   make(map[string]*Node, sc.last.files+64),
 		noFDs:   make(map[int]bool),
 	}
 	if err := s.run(ctx, root); err != nil {
@@ -155,6 +156,13 @@ type scanner struct {
 	// internal holds the IDs of inet sockets whose peer is a socket of
 	// the tree.
 	internal map[string]bool
+}
+
+// scanSizes are the sizes of a scan's tables, which the next scan of the
+// same tree allocates at once instead of growing them.
+type scanSizes struct {
+	sockets, pipes, files, statPaths int
+	edges                            int // deduplicated ones, set by buildEdges
 }
 
 // sockUse is a socket inode held by tree processes.
@@ -256,7 +264,14 @@ func (s *scanner) run(ctx context.Context, root int) error {
 		}
 	}
 	s.sc.lastThreads = threads
-	defer func() { s.sc.lastNodes = len(s.nodes) }()
+	defer func() {
+		s.sc.lastNodes = len(s.nodes)
+		l := &s.sc.last
+		l.sockets, l.pipes, l.files, l.statPaths = len(s.sockets), len(s.pipes), len(s.files), 0
+		for _, byPath := range s.stats {
+			l.statPaths = max(l.statPaths, len(byPath))
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -752,12 +767,12 @@ func (s *scanner) resolveSockets() {
 	nsPid := map[uint64]int{}
 	for ino, u := range s.sockets {
 		if byNS[u.netns] == nil {
-			byNS[u.netns] = map[uint64]bool{}
+			// Most trees live in one network namespace.
+			byNS[u.netns] = make(map[uint64]bool, len(s.sockets))
 			nsPid[u.netns] = u.holders[0].PID
 		}
 		byNS[u.netns][ino] = true
 	}
-	s.sockDia = make(map[uint64]*diagSock, len(s.sockets))
 	s.peers = map[uint64]*diagSock{}
 	for ns, want := range byNS {
 		res, err := s.collectSockets(nsPid[ns], ns, s.self["net"], want)
@@ -767,37 +782,50 @@ func (s *scanner) resolveSockets() {
 		if res == nil {
 			continue
 		}
-		for ino, d := range res.byInode {
-			s.sockDia[ino] = d
+		if s.sockDia == nil && len(byNS) == 1 {
+			s.sockDia = res.byInode
+		} else {
+			if s.sockDia == nil {
+				s.sockDia = make(map[uint64]*diagSock, len(s.sockets))
+			}
+			for ino, d := range res.byInode {
+				s.sockDia[ino] = d
+			}
 		}
 		for ino, d := range res.unixPeers {
 			s.peers[ino] = d
 		}
 	}
+	var idBuf [64]byte
 	for ino, u := range s.sockets {
 		d := s.sockDia[ino]
 		var kind NodeKind
-		var info SocketInfo
+		var si *SocketInfo
 		if d != nil {
-			kind, info = d.kind, d.info
+			// The node takes the sock_diag record's info: nothing
+			// changes it after collectSockets.
+			kind, si = d.kind, &d.info
 		} else {
 			h := u.holders[0]
 			proto := sockProtoName(filepath.Join(s.cfg.ProcRoot, strconv.Itoa(h.PID), "fd"), h.FD)
 			var fam string
 			kind, fam = kindOfProtoName(proto)
-			info = SocketInfo{Inode: ino, Family: fam, NetNS: u.netns}
+			si = &SocketInfo{Inode: ino, Family: fam, NetNS: u.netns}
 			switch kind {
 			case KindTCP:
-				info.Protocol = "tcp"
+				si.Protocol = "tcp"
 			case KindUDP:
-				info.Protocol = "udp"
+				si.Protocol = "udp"
 			}
 		}
-		ids := strconv.FormatUint(ino, 10)
-		n := s.node(string(kind)+":"+ids, kind, socketLabel(kind, &info))
-		si := info
-		n.Socket = &si
-		n.Holders = append(n.Holders, u.holders...)
+		id := strconv.AppendUint(append(append(idBuf[:0], kind...), ':'), ino, 10)
+		n := s.node(string(id), kind, socketLabel(kind, si))
+		n.Socket = si
+		if n.Holders == nil {
+			n.Holders = u.holders
+		} else {
+			n.Holders = append(n.Holders, u.holders...)
+		}
 	}
 }
 
