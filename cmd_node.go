@@ -44,8 +44,9 @@ func newNodeCmd(a *app) *cobra.Command {
 			nc.Preset = c.Node.Preset
 			if nc.Preset == "fast" {
 				// Failure detection is about a second: an OP cut off for
-				// 1.5 s stops serving; a promoted clone serves only after.
-				nc.FenceLease = 1500 * time.Millisecond
+				// a second stops serving; a promoted clone serves only
+				// once the old OP's lease has run out (see node/lease.go).
+				nc.FenceLease = time.Second
 			}
 			nc.MetricsListen = c.Metrics.Listen
 			nc.RateLimit = c.Transfer.RateLimit

@@ -360,8 +360,13 @@ func (n *Node) registerPeerHandlers() {
 		return nil, nil
 	})
 	n.peers.Handle(rpcIndex, func(ctx context.Context, from string, _ json.RawMessage) (any, error) {
-		if !n.cluster.IsLeader() {
+		// Only a leader that a majority still follows answers: a deposed
+		// one that has not noticed yet must not renew anybody's lease.
+		if err := n.cluster.VerifyLeader(ctx); err != nil {
 			return nil, toPeer(state.ErrNotLeader)
+		}
+		if !n.affirm.answer(from, time.Now()) {
+			return nil, peer.WithCode("moving", fmt.Errorf("an app of %s is being moved to another node", from))
 		}
 		return applyReply{Index: n.cluster.State().Index}, nil
 	})
@@ -398,6 +403,20 @@ func (n *Node) watchMembers() {
 			if n.cluster.IsLeader() {
 				n.reconcile()
 			}
+		}
+	}
+}
+
+// leadershipLoop follows this node's raft leadership for the lease
+// bookkeeping (see affirmations).
+func (n *Node) leadershipLoop() {
+	n.affirm.leading(n.cluster.IsLeader(), n.cluster.RaftTerm(), time.Now())
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case l := <-n.cluster.LeaderCh():
+			n.affirm.leading(l, n.cluster.RaftTerm(), time.Now())
 		}
 	}
 }

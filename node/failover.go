@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"doppel/failover"
 	"doppel/node/api"
@@ -76,12 +77,25 @@ func (n *Node) promote(ctx context.Context, a *state.App, to, why string) (*stat
 	rest := slices.DeleteFunc(slices.Clone(a.Clones), func(c string) bool { return c == chosen.Node })
 	clones := PlaceClones(chosen.Node, a.Spec.Replicas, rest, n.candidates())
 	cmd := state.Command{Type: state.CmdPlace, Name: a.Spec.Name, OP: chosen.Node, Term: a.Term + 1, Clones: clones, ExpectTerm: a.Term}
+	// The old OP may serve until its lease runs out: from now on it gets
+	// no renewal, and the new OP learns how much of the lease is left.
+	// When this node does not lead, the new OP waits a whole lease.
+	if a.OP != "" && n.cluster.IsLeader() {
+		wait, release := n.affirm.revoke(a.OP, n.cfg.FenceLease, n.cluster.RaftTerm(), time.Now())
+		defer release()
+		cmd.LeaseWait = &wait
+	}
 	if err := n.apply(ctx, cmd); err != nil {
 		return nil, err
 	}
+	wait := n.cfg.FenceLease
+	if cmd.LeaseWait != nil {
+		wait = *cmd.LeaseWait
+	}
 	n.publish(api.Event{Kind: api.KindPromotion, App: a.Spec.Name, Node: chosen.Node, Epoch: chosen.Acked,
-		Message: fmt.Sprintf("%s promoted to OP of %s at term %d: %s; %s", chosen.Node, a.Spec.Name, a.Term+1, why, reason)})
-	n.log.Warn("promotion", "app", a.Spec.Name, "op", chosen.Node, "term", a.Term+1, "why", why, "reason", reason)
+		Message: fmt.Sprintf("%s promoted to OP of %s at term %d: %s; %s; it serves once the old OP's lease has run out (at most %s)",
+			chosen.Node, a.Spec.Name, a.Term+1, why, reason, wait.Round(time.Millisecond))})
+	n.log.Warn("promotion", "app", a.Spec.Name, "op", chosen.Node, "term", a.Term+1, "why", why, "reason", reason, "lease_wait", wait)
 	return n.cluster.State().Apps[a.Spec.Name], nil
 }
 

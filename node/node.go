@@ -141,6 +141,10 @@ type Node struct {
 	// loadOverride replaces gossiped loads in tests.
 	loadOverride func(node string) (float64, bool)
 
+	// affirm records, on the leader, its answers to OPs renewing their
+	// leases.
+	affirm affirmations
+
 	leavingMu sync.Mutex
 	leaving   map[string]time.Time // members that announced a clean shutdown
 
@@ -374,6 +378,8 @@ func (n *Node) Serve(ctx context.Context) error {
 	go func() { defer n.wg.Done(); n.watchMembers() }()
 	go func() { defer n.wg.Done(); n.watchState() }()
 	go func() { defer n.wg.Done(); n.leaderLoop() }()
+	n.wg.Add(1)
+	go func() { defer n.wg.Done(); n.leadershipLoop() }()
 	select {
 	case <-ctx.Done():
 	case <-n.ctx.Done():

@@ -47,6 +47,9 @@ type runner struct {
 	// back, or ends its copy if another node won meanwhile.
 	forcedTerm  uint64
 	healthFails int
+	// born is when this node saw itself placed OP (the runner starts
+	// then): an old OP's remaining lease (App.LeaseWait) counts from here.
+	born time.Time
 
 	kick   chan chan checkpointResult
 	ctx    context.Context
@@ -67,6 +70,7 @@ func (n *Node) newRunner(app *state.App) *runner {
 	return &runner{
 		n: n, name: app.Spec.Name, app: app.Clone(), status: api.AppStarting, barriers: map[uint64]uint64{},
 		kick: make(chan chan checkpointResult), ctx: ctx, cancel: cancel, done: make(chan struct{}),
+		born: time.Now(),
 	}
 }
 
@@ -249,13 +253,33 @@ func (r *runner) leaseValid() bool {
 	return r.forcedTerm > 0 || time.Now().Before(r.leaseUntil)
 }
 
+// renewLease extends the lease to one lease after start (taken before the
+// question) when the leader still names this node OP; it never shortens
+// it.
+func (r *runner) renewLease(start time.Time) bool {
+	if !r.stillOP() {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if until := start.Add(r.n.cfg.FenceLease); until.After(r.leaseUntil) {
+		r.leaseUntil = until
+	}
+	return true
+}
+
 // stillOP reports whether the cluster, as the leader has it, still names
 // this node OP of the app at the runner's term.
 func (r *runner) stillOP() bool {
 	n := r.n
 	ctx, cancel := context.WithTimeout(r.ctx, max(n.cfg.FenceLease/2, 100*time.Millisecond))
 	defer cancel()
-	if !n.syncState(ctx) {
+	if n.cluster.IsLeader() {
+		// The leader asks itself as it answers the others (rpcIndex).
+		if n.cluster.VerifyLeader(ctx) != nil || !n.affirm.answer(n.cfg.Name, time.Now()) {
+			return false
+		}
+	} else if !n.syncState(ctx) {
 		return false
 	}
 	cur := n.cluster.State().Apps[r.name]
@@ -300,6 +324,7 @@ func (r *runner) isFenced() bool {
 // OP meanwhile, the new term makes this node kill its copy).
 func (r *runner) checkQuorum(lease time.Duration) {
 	n := r.n
+	start := time.Now()
 	ok := n.cluster.HasQuorum()
 	r.mu.Lock()
 	forced := r.forcedTerm
@@ -320,13 +345,13 @@ func (r *runner) checkQuorum(lease time.Duration) {
 	if expired {
 		r.fence(lease, "its lease ran out")
 	}
-	// Serving needs a majority that still names this node OP at its term.
-	ok = ok && r.stillOP()
+	// Serving needs a majority that still names this node OP at its term;
+	// the lease runs from before the question.
+	ok = ok && r.renewLease(start)
 	r.mu.Lock()
 	switch {
 	case ok:
 		r.noQuorumSince = time.Time{}
-		r.leaseUntil = time.Now().Add(lease)
 	case r.noQuorumSince.IsZero():
 		r.noQuorumSince = time.Now()
 	}
@@ -492,6 +517,9 @@ func (r *runner) openService(app *state.App, j *journal.Journal, barrier uint64)
 	// out, so this one starts serving only after.
 	if app.PrevOP != "" && app.PrevOP != r.n.cfg.Name && !app.Handover {
 		wait := time.Until(app.Moved.Add(r.n.cfg.FenceLease))
+		if app.LeaseWait != nil {
+			wait = *app.LeaseWait - time.Since(r.born)
+		}
 		if wait > 0 {
 			select {
 			case <-r.ctx.Done():
@@ -500,9 +528,15 @@ func (r *runner) openService(app *state.App, j *journal.Journal, barrier uint64)
 			}
 		}
 	}
-	r.mu.Lock()
-	r.leaseUntil = time.Now().Add(r.n.cfg.FenceLease) // just placed here by the cluster
-	r.mu.Unlock()
+	// The first lease, like every renewal, runs from a question to the
+	// leader that finds this node OP; the fence loop renews it.
+	for start := time.Now(); r.forcedAt() == 0 && !r.renewLease(start); start = time.Now() {
+		select {
+		case <-r.ctx.Done():
+			return r.ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	svc, err := r.n.startService(r.name, *sv, j, app.Clones, r.leaseValid)
 	if err != nil {
 		return err

@@ -401,7 +401,7 @@ func TestChaosPartition(t *testing.T) {
 
 // fenceLease is node.Config.FenceLease's default, which the daemons run
 // with.
-const fenceLease = 1500 * time.Millisecond // the fast preset's node.Config.FenceLease
+const fenceLease = time.Second // the fast preset's node.Config.FenceLease
 
 // TestChaosNetPartition cuts the OP node off the other nodes (blackhole
 // routes both ways between network namespaces) while clients can still

@@ -336,6 +336,18 @@ func (c *Cluster) Barrier(ctx context.Context) error {
 	return nil
 }
 
+// VerifyLeader confirms, by a round of contact with a majority, that this
+// node still leads: a deposed leader that has not noticed yet fails it.
+func (c *Cluster) VerifyLeader(ctx context.Context) error {
+	if err := c.leaderCheck(); err != nil {
+		return err
+	}
+	if err := c.wait(ctx, c.raft.VerifyLeader()); err != nil {
+		return fmt.Errorf("verify leadership: %w", err)
+	}
+	return nil
+}
+
 // timeoutOf is raft's enqueue timeout for ctx: the time to its deadline,
 // or 0 (none).
 func timeoutOf(ctx context.Context) time.Duration {
@@ -406,6 +418,9 @@ func (c *Cluster) Leader() (name, addr string) {
 	a, id := c.raft.LeaderWithID()
 	return string(id), string(a)
 }
+
+// RaftTerm is raft's current term (not an app's term).
+func (c *Cluster) RaftTerm() uint64 { return c.raft.CurrentTerm() }
 
 // LeaderCh delivers true when this node becomes leader and false when it
 // stops being leader. It is raft's channel: one reader only; when the

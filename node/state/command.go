@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // ProtocolVersion is the version of the command encoding and of the FSM
@@ -88,6 +89,10 @@ type Command struct {
 	// Handover marks a Place that moves the OP after the old one closed its
 	// service and ended its copy (a relocation).
 	Handover bool `json:"handover,omitempty"`
+	// LeaseWait, on a Place that moves the OP without a handover, is how
+	// long the old OP's lease may still run after the leader proposed the
+	// move (see App.LeaseWait); nil when the leader does not know.
+	LeaseWait *time.Duration `json:"lease_wait,omitempty"`
 }
 
 // encodeCommand is the raft log form of a command: one byte of protocol

@@ -130,7 +130,7 @@ func (s *State) apply(cmd Command, at time.Time) (any, error) {
 			return nil, fmt.Errorf("place app %s on %s: %w", cmd.Name, cmd.OP, ErrDrained)
 		}
 		if cmd.Term > app.Term {
-			app.PrevOP, app.Handover = app.OP, cmd.Handover
+			app.PrevOP, app.Handover, app.LeaseWait = app.OP, cmd.Handover, cmd.LeaseWait
 			app.Term = cmd.Term
 			app.OP = cmd.OP
 			app.Moved = at

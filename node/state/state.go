@@ -138,6 +138,12 @@ type App struct {
 	// handover waits out the old OP's lease before serving.
 	PrevOP   string `json:"prev_op,omitempty"`
 	Handover bool   `json:"handover,omitempty"`
+	// LeaseWait is how long the old OP's lease may still have run when the
+	// leader proposed the move (measured from the leader's last answer to
+	// it); the new OP waits that long after it sees the move before
+	// serving. Nil when unknown: the new OP waits a whole lease after
+	// Moved.
+	LeaseWait *time.Duration `json:"lease_wait,omitempty"`
 }
 
 // State is the whole cluster state. Values returned by Cluster.State and
