@@ -55,6 +55,7 @@ func newNodeCmd(a *app) *cobra.Command {
 			nc.Engine.CRIU.Path = c.CRIU.Path
 			nc.Engine.CRIU.Prefix = c.CRIU.Prefix
 			nc.Engine.Store.Retention = c.Checkpoint.Retention
+			nc.Engine.NoStandby = !c.Checkpoint.Standby
 			nc.Balance.Enabled = c.Balance.Enabled
 			nc.Balance.Config = failover.BalanceConfig{High: c.Balance.High, Low: c.Balance.Low, Window: c.Balance.Window, MinInterval: c.Balance.MinInterval}
 			nc.Version = version

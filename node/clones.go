@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"doppel/node/api"
 	"doppel/node/peer"
@@ -145,5 +146,13 @@ func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
 	n.log.Debug("epoch received", "app", app, "epoch", ep.Manifest.Epoch, "bytes", stats.WireRecv)
 	if _, err := n.engine.Store().GC(ctx); err != nil {
 		n.log.Warn("gc after receive", "app", app, "err", err)
+	}
+	// Ready for a restore: a promotion or a relocation here starts from
+	// this copy (the sender has its acknowledgement already).
+	start := time.Now()
+	if err := n.engine.Standby(n.ctx, app, ep.Manifest.Epoch); err != nil {
+		n.log.Warn("standby copy", "app", app, "epoch", ep.Manifest.Epoch, "err", err)
+	} else {
+		n.log.Debug("standby copy updated", "app", app, "epoch", ep.Manifest.Epoch, "took", time.Since(start))
 	}
 }

@@ -21,6 +21,7 @@ const (
 	rpcSubmit     = "cluster.submit" // leader: place a new app
 	rpcCheckpoint = "app.checkpoint" // OP: take an epoch now
 	rpcDetail     = "app.detail"     // OP: app detail with clone health and resource graph
+	rpcInfo       = "app.info"       // a node's view of an app, without the graph (cheap to poll)
 	rpcPrepare    = "clone.prepare"  // clone: register an app, say whether its init binary is here
 	rpcLeave      = "cluster.leave"  // leader: the calling node shuts down cleanly
 	rpcForget     = "app.forget"     // any node: delete a removed app's local copy and epochs
@@ -342,6 +343,17 @@ func (n *Node) registerPeerHandlers() {
 		}
 		d, err := n.detailLocal(ctx, name)
 		return d, toPeer(err)
+	})
+	n.peers.Handle(rpcInfo, func(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+		var name string
+		if err := json.Unmarshal(raw, &name); err != nil {
+			return nil, err
+		}
+		a, err := n.lookup(name)
+		if err != nil {
+			return nil, toPeer(err)
+		}
+		return n.appInfoLocal(a), nil
 	})
 	n.peers.Handle(rpcPrepare, n.handlePrepare)
 	n.peers.HandleStream(streamInit, n.handleInit)

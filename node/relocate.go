@@ -10,6 +10,7 @@ import (
 
 	"doppel/failover"
 	"doppel/node/api"
+	"doppel/node/peer"
 	"doppel/node/peer/membership"
 	"doppel/node/state"
 	"doppel/replicate"
@@ -220,10 +221,18 @@ func (n *Node) waitServing(ctx context.Context, name, to string, timeout time.Du
 	// failure the target reports as OP for failGrace counts.
 	const failGrace = 2 * time.Second
 	var failedSince time.Time
+	method := rpcInfo // what the target reports without scanning the app
 	for {
-		var d api.AppDetail
+		var d api.AppInfo
 		cctx, c := context.WithTimeout(ctx, 2*time.Second)
-		err := n.peers.Call(cctx, addr, rpcDetail, name, &d)
+		err := n.peers.Call(cctx, addr, method, name, &d)
+		if errors.Is(err, peer.ErrUnknownMethod) {
+			// A target of an older version.
+			var dd api.AppDetail
+			method = rpcDetail
+			err = n.peers.Call(cctx, addr, method, name, &dd)
+			d = dd.AppInfo
+		}
 		c()
 		if err == nil && d.OP == to && d.State == api.AppRunning {
 			return nil

@@ -49,6 +49,10 @@ type Config struct {
 	// keeps the freeze short. Empty: /dev/shm when it exists, else
 	// StateDir/tmp.
 	WorkDir string
+	// NoStandby turns off the restore-ready copy a clone keeps of each
+	// app's newest epoch in WorkDir (see Engine.Standby): less memory on
+	// a tmpfs, slower restores.
+	NoStandby bool
 }
 
 // DefaultConfig is the production configuration under /var/lib/doppel.
@@ -89,6 +93,8 @@ type Engine struct {
 
 	// adoptFault, set by tests, fails Adopt at a named step.
 	adoptFault func(step string) error
+
+	standby standbys // restore-ready copies of received epochs
 
 	gcMu      sync.Mutex // guards gcRunning and gcAgain
 	gcRunning bool       // a background GC runs
@@ -136,6 +142,10 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		apps:     apps{dir: filepath.Join(cfg.StateDir, "apps")},
 		store:    st,
 		children: map[int]*shim.Process{},
+	}
+	e.standby.root = standbyRoot(cfg.WorkDir, cfg.StateDir)
+	if err := os.RemoveAll(e.standby.root); err != nil {
+		return nil, fmt.Errorf("work directory: %w", err)
 	}
 	e.gcCtx, e.gcCancel = context.WithCancel(context.Background())
 	var u unix.Utsname

@@ -260,10 +260,21 @@ func TestIncrementalPages(t *testing.T) {
 	if sums[5] == sums[4] || sums[4] == sums[3] {
 		t.Fatalf("the buffer did not change between epochs: %v", sums)
 	}
-	for _, n := range []uint64{5, 3} {
+	// A clone's standby copy, filled at epoch 2 and brought to 4, is what
+	// the restore of epoch 5 starts from (brought to 5 by the restore);
+	// the restore of epoch 3 after it materialises the epoch.
+	for _, n := range []uint64{2, 4} {
+		if err := e.Standby(t.Context(), a.name, n); err != nil {
+			t.Fatalf("standby at epoch %d: %v", n, err)
+		}
+	}
+	for i, n := range []uint64{5, 3} {
 		stopAndWait(t, e, a.name)
 		if _, _, err := e.Restore(t.Context(), a.name, RestoreOptions{Epoch: n}); err != nil {
 			t.Fatalf("restore epoch %d: %v", n, err)
+		}
+		if used := e.standby.used.Load(); used != 1 {
+			t.Errorf("after restore %d of epoch %d: the standby was used %d time(s), want 1", i+1, n, used)
 		}
 		c := dial(t, a.port)
 		if got := c.sum(t); got != sums[n] {

@@ -21,6 +21,7 @@ func (e *Engine) Forget(ctx context.Context, name string) error {
 			return err
 		}
 	}
+	e.standby.drop(name)
 	if err := e.store.Forget(ctx, name); err != nil {
 		return fmt.Errorf("forget %s: %w", name, err)
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"doppel/replicate/criu"
 	"doppel/replicate/datafile"
@@ -88,12 +89,18 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 	}
 	defer os.RemoveAll(work)
 	imgDir := filepath.Join(work, "images")
-	if err := e.store.Materialise(ctx, name, n, imgDir); err != nil {
-		return nil, nil, fmt.Errorf("restore %s epoch %d: %w", name, n, err)
+	t0 := time.Now()
+	standby := e.takeStandby(ctx, ep, imgDir)
+	if !standby {
+		if err := e.store.Materialise(ctx, name, n, imgDir); err != nil {
+			return nil, nil, fmt.Errorf("restore %s epoch %d: %w", name, n, err)
+		}
 	}
+	tMat := time.Since(t0)
 	if err := verifyImages(ctx, imgDir, ep.Images); err != nil {
 		return nil, nil, fmt.Errorf("restore %s epoch %d: %w (restore an older epoch with --epoch)", name, n, err)
 	}
+	tVerify := time.Since(t0) - tMat
 	if ep.Data != nil {
 		if _, err := datafile.Restore(ep.Data, "/", e.store); err != nil {
 			return nil, nil, fmt.Errorf("restore %s epoch %d: data files: %w", name, n, err)
@@ -143,7 +150,8 @@ func (e *Engine) Restore(ctx context.Context, name string, opts RestoreOptions) 
 	if err := e.apps.save(st); err != nil {
 		return fail(err)
 	}
-	e.log.Info("app restored", "app", name, "epoch", n, "pid", res.Pid, "took", res.Wall)
+	e.log.Info("app restored", "app", name, "epoch", n, "pid", res.Pid, "took", res.Wall,
+		"materialise", tMat, "standby", standby, "verify", tVerify, "total", time.Since(t0))
 	return st, ep, nil
 }
 

@@ -117,6 +117,10 @@ type Checkpoint struct {
 	Interval time.Duration `mapstructure:"interval"`
 	// Retention is how many complete epochs are kept per app (at least 1).
 	Retention int `mapstructure:"retention"`
+	// Standby keeps, on each clone, the app's newest epoch ready to
+	// restore in the work directory (a tmpfs: about the app's memory
+	// size), so that failover and relocation skip writing every image.
+	Standby bool `mapstructure:"standby"`
 }
 
 // Log configures the daemon's structured log.
@@ -150,6 +154,7 @@ func DefaultConfig() Config {
 		Checkpoint: Checkpoint{
 			Interval:  5 * time.Second,
 			Retention: 2,
+			Standby:   true,
 		},
 		Transfer: Transfer{RateLimit: 0},
 		Metrics:  Metrics{Listen: ""},
