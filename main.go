@@ -173,15 +173,17 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 }
 
 func main() {
+	// The init of an app's PID namespace is this binary; it skips cobra and
+	// configuration so that nothing but the init runs in the app's tree.
+	// It closes what it inherited itself, except what its helper modes
+	// pass on (CRIU's RPC socket when it wraps CRIU).
+	if len(os.Args) > 1 && os.Args[1] == shim.Subcommand {
+		os.Exit(shim.Main(os.Args[2:]))
+	}
 	// Descriptors inherited from the shell (without close-on-exec) would
 	// leak into every app doppel starts and tie it to processes outside
 	// its tree, which CRIU cannot checkpoint.
 	_ = unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC)
-	// The init of an app's PID namespace is this binary; it skips cobra and
-	// configuration so that nothing but the init runs in the app's tree.
-	if len(os.Args) > 1 && os.Args[1] == shim.Subcommand {
-		os.Exit(shim.Main(os.Args[2:]))
-	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

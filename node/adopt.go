@@ -30,39 +30,53 @@ func (n *Node) Adopt(ctx context.Context, req api.AdoptRequest) (api.AppInfo, er
 	if op, err := ChooseOP(n.cfg.Name, n.candidates()); err != nil || op != n.cfg.Name {
 		return api.AppInfo{}, fmt.Errorf("%w: %s cannot host apps (a witness, drained, or not yet a member): run doppel adopt on a worker", api.ErrConflict, n.cfg.Name)
 	}
-	st, err := n.engine.Adopt(ctx, replicate.AdoptOptions{Pid: req.Pid, Name: name, DataPaths: req.DataPaths})
+	interval := time.Duration(req.Interval)
+	if interval == 0 {
+		interval = n.cfg.Interval
+	}
+	var app *state.App
+	// The app is submitted while the engine holds it: the runner that the
+	// placement starts here finds it running, and the fencing of a local
+	// copy without placement (before the placement applies) cannot stop it.
+	register := func(ctx context.Context, st *replicate.AppState) error {
+		spec := state.AppSpec{
+			Name: name, Args: st.Spec.Args, Dir: st.Spec.Dir, DataPaths: st.Spec.DataPaths,
+			Replicas: req.Replicas, Interval: interval, Policy: req.Policy, Health: req.Health,
+		}
+		if sv := req.Service; sv != nil {
+			spec.Service = &state.ServiceSpec{Listen: sv.Listen, Target: sv.Target, Framing: sv.Framing, Journal: sv.Journal,
+				VIP: sv.VIP, VIPDev: sv.VIPDev}
+			if spec.Service.Framing == "" {
+				spec.Service.Framing = "line"
+			}
+			if spec.Service.Journal == "" {
+				spec.Service.Journal = "sync"
+			}
+		}
+		var err error
+		if app, err = n.submit(ctx, submitRequest{Spec: spec, Preferred: n.cfg.Name}); err != nil {
+			return fmt.Errorf("register in the cluster: %w", err)
+		}
+		if app.OP != n.cfg.Name {
+			// The tree goes back to the host; no other node may start it.
+			if err := n.apply(ctx, state.Command{Type: state.CmdRemoveApp, Name: name}); err != nil {
+				n.log.Error("adopt: remove the app placed elsewhere", "app", name, "op", app.OP, "err", err)
+			}
+			return fmt.Errorf("%w: the cluster placed %s on %s, not on %s", api.ErrConflict, name, app.OP, n.cfg.Name)
+		}
+		return nil
+	}
+	st, err := n.engine.Adopt(ctx, replicate.AdoptOptions{Pid: req.Pid, Name: name, DataPaths: req.DataPaths, Register: register})
 	if err != nil {
 		switch {
+		case errors.Is(err, api.ErrConflict), errors.Is(err, api.ErrUnavailable):
+			return api.AppInfo{}, err
 		case errors.Is(err, replicate.ErrCannotAdopt), errors.Is(err, introspect.ErrBlocked):
 			return api.AppInfo{}, fmt.Errorf("%w: %v", api.ErrBadRequest, err)
 		case errors.Is(err, replicate.ErrAppExists), errors.Is(err, replicate.ErrBusy):
 			return api.AppInfo{}, fmt.Errorf("%w: %v", api.ErrConflict, err)
 		}
 		return api.AppInfo{}, err
-	}
-	interval := time.Duration(req.Interval)
-	if interval == 0 {
-		interval = n.cfg.Interval
-	}
-	spec := state.AppSpec{
-		Name: name, Args: st.Spec.Args, Dir: st.Spec.Dir, DataPaths: st.Spec.DataPaths,
-		Replicas: req.Replicas, Interval: interval, Policy: req.Policy, Health: req.Health,
-	}
-	if sv := req.Service; sv != nil {
-		spec.Service = &state.ServiceSpec{Listen: sv.Listen, Target: sv.Target, Framing: sv.Framing, Journal: sv.Journal,
-			VIP: sv.VIP, VIPDev: sv.VIPDev}
-		if spec.Service.Framing == "" {
-			spec.Service.Framing = "line"
-		}
-		if spec.Service.Journal == "" {
-			spec.Service.Journal = "sync"
-		}
-	}
-	app, err := n.submit(ctx, submitRequest{Spec: spec, Preferred: n.cfg.Name})
-	if err != nil {
-		// The tree runs under doppel's init here, but the cluster does not
-		// know it: say so rather than kill what the user handed over.
-		return api.AppInfo{}, fmt.Errorf("pid %d adopted as %s (init pid %d) but not registered in the cluster: %w", req.Pid, name, st.Pid, err)
 	}
 	n.publish(api.Event{Kind: api.KindApp, App: name, Message: fmt.Sprintf("pid %d adopted as %s on %s (init pid %d)", req.Pid, name, n.cfg.Name, st.Pid)})
 	info := stateInfo(app)

@@ -36,6 +36,12 @@ type AdoptOptions struct {
 	Name string
 	// DataPaths are the app's data files or directories, as in Spec.
 	DataPaths []string
+	// Register, when set, is called once the tree is in its new namespace
+	// (still stopped) and the app is saved as running, with the app's lock
+	// held, so that no other operation on the app (a checkpoint, a stop)
+	// can start before it returns. The daemon registers the app in the
+	// cluster here. An error puts the tree back like any other failure.
+	Register func(ctx context.Context, st *AppState) error
 }
 
 // Adopt takes a process tree that runs in the host PID namespace (started
@@ -80,7 +86,8 @@ func (e *Engine) Adopt(ctx context.Context, opts AdoptOptions) (*AppState, error
 	}
 	defer unlock()
 	var lastEpoch uint64
-	if old, err := e.apps.load(name); err == nil {
+	old, err := e.apps.load(name)
+	if err == nil {
 		if old.Running() {
 			return nil, fmt.Errorf("%w: %s runs as pid %d (choose another --name, or doppel stop %s first)", ErrAppExists, name, old.Pid, name)
 		}
@@ -225,6 +232,16 @@ func (e *Engine) Adopt(ctx context.Context, opts AdoptOptions) (*AppState, error
 	}
 	if err := e.apps.save(st); err != nil {
 		return rollback(err)
+	}
+	if opts.Register != nil {
+		if err := opts.Register(ctx, st); err != nil {
+			if old != nil {
+				_ = e.apps.save(old)
+			} else {
+				_ = os.Remove(filepath.Join(dir, "app.json"))
+			}
+			return rollback(err)
+		}
 	}
 	for _, q := range tree[1:] {
 		_ = unix.Kill(q, unix.SIGCONT)
