@@ -101,6 +101,13 @@ func TestE2EProbe(t *testing.T) {
 		t.Errorf("recommendation used link %.0f, measured %.0f", rep.Rates.Link, l.Rate)
 	}
 	t.Logf("doppel bench --peer n2: %s", strings.TrimSpace(errOut))
+	// The text report names the measured link.
+	code, out, errOut = c.cli(n1.Sock, "--state-dir", stateDir, "bench", "--peer", "n2", "--probe-size", "8MiB",
+		"--size", "8MiB", "--rounds", "1")
+	if code != 0 || !strings.Contains(out, "measured to n2") || !strings.Contains(out, "transfer.rate_limit") {
+		t.Errorf("doppel bench --peer n2 (text): exit %d\n%s%s", code, out, errOut)
+	}
+	t.Logf("doppel bench --peer n2 (text):\n%s", out)
 
 	// Bad input on the CLI: one line naming the problem.
 	code, _, errOut = c.cli(n1.Sock, "bench", "--peer", "nx")

@@ -25,8 +25,8 @@ type Link struct {
 
 // describe is the link's line of the text report.
 func (l *Link) describe() string {
-	s := fmt.Sprintf("%s measured to %s (%s sent over the peer transport, round trip %s)",
-		FormatRate(l.Rate), l.Peer, FormatBytes(l.Bytes), ms(l.RTT.D()))
+	s := fmt.Sprintf("%s measured to %s (%s sent over the peer transport, round trip %.2f ms)",
+		FormatRate(l.Rate), l.Peer, FormatBytes(l.Bytes), float64(l.RTT)/1e6)
 	switch {
 	case l.Capped:
 		s += fmt.Sprintf("; capped by transfer.rate_limit %s: the network may be faster", FormatRate(float64(l.RateLimit)))
