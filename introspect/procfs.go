@@ -628,12 +628,56 @@ func parseMapHeader(line []byte, intern func([]byte) string) (Mapping, error) {
 	if !(ok1 && ok2 && ok3 && ok4) || len(perms) != 4 || len(dev) == 0 || m.End < m.Start {
 		return m, fmt.Errorf("maps: malformed line %q", truncate(line, 96))
 	}
-	m.Perms = intern(perms)
-	m.Dev = intern(dev)
-	m.Path = intern(bytes.TrimLeft(rest, " "))
+	m.Perms = permsString(perms, intern)
+	if string(dev) == "00:00" {
+		m.Dev = "00:00"
+	} else {
+		m.Dev = intern(dev)
+	}
+	if path := bytes.TrimLeft(rest, " "); len(path) > 0 {
+		m.Path = intern(path)
+	}
 	m.Size = m.End - m.Start
 	m.Kind = classifyMapping(&m)
 	return m, nil
+}
+
+// mapPerms are the permission strings of mappings, indexed by their
+// r, w, x and s bits.
+var mapPerms = func() (t [16]string) {
+	for i := range t {
+		b := []byte("---p")
+		for j, c := range "rwxs" {
+			if i&(1<<j) != 0 {
+				b[j] = byte(c)
+			}
+		}
+		t[i] = string(b)
+	}
+	return t
+}()
+
+// permsString returns the perms field of a mapping ("r-xp") as a string
+// without a table lookup for the usual forms.
+func permsString(b []byte, intern func([]byte) string) string {
+	i := 0
+	for j, c := range []byte("rwxs") {
+		switch b[j] {
+		case c:
+			i |= 1 << j
+		case '-':
+			if j == 3 {
+				return intern(b)
+			}
+		case 'p':
+			if j != 3 {
+				return intern(b)
+			}
+		default:
+			return intern(b)
+		}
+	}
+	return mapPerms[i]
 }
 
 // parseUintBytes parses an unsigned number in base 10 or 16 without

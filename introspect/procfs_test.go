@@ -259,3 +259,12 @@ func TestSmallHelpers(t *testing.T) {
 		}
 	}
 }
+
+func TestPermsString(t *testing.T) {
+	intern := func(b []byte) string { return string(b) }
+	for _, p := range []string{"---p", "r--p", "rw-p", "r-xp", "rwxp", "rw-s", "r--s", "---s", "rwxs", "-w-p", "--xs", "rw-x", "pppp", "r-x-"} {
+		if got := permsString([]byte(p), intern); got != p {
+			t.Errorf("permsString(%q) = %q", p, got)
+		}
+	}
+}
