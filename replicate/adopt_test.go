@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"doppel/introspect"
 )
 
 var (
@@ -37,6 +39,13 @@ type hostApp struct {
 // the test, outside any doppel namespace, with its output in files, and
 // waits for it to be ready. Whatever is left of it is killed at the end.
 func startHostApp(t *testing.T) *hostApp {
+	t.Helper()
+	return startHostAppWith(t, nil)
+}
+
+// startHostAppWith is startHostApp with a change to the command before it
+// starts.
+func startHostAppWith(t *testing.T, change func(*exec.Cmd)) *hostApp {
 	t.Helper()
 	adoptAppOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "doppel-adoptapp-")
@@ -72,6 +81,9 @@ func startHostApp(t *testing.T) *hostApp {
 	a.cmd.Stdout, a.cmd.Stderr = out, out
 	// Its own process group, so that no signal of the test's reaches it.
 	a.cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
+	if change != nil {
+		change(a.cmd)
+	}
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -289,10 +301,12 @@ func TestAdoptFailurePutsTreeBack(t *testing.T) {
 func TestAdoptRefuses(t *testing.T) {
 	requireE2E(t)
 	e := newEngine(t, t.TempDir(), nil)
+	managed := startApp(t, e, "managed", appOpts{})
 	for _, tc := range []struct {
 		pid  int
 		want string
 	}{
+		{managed.st.Pid, "runs in another PID namespace"},
 		{1, "pid 1 is the system's init"},
 		{os.Getpid(), "doppel itself"},
 		{os.Getppid(), "doppel itself or one of its ancestors"},
@@ -303,4 +317,28 @@ func TestAdoptRefuses(t *testing.T) {
 			t.Errorf("Adopt(%d): %v, want %q", tc.pid, err, tc.want)
 		}
 	}
+}
+
+// TestAdoptBlockedRunsOn: a tree that preflight refuses (a pipe shared with
+// a process outside it) is not dumped and keeps running.
+func TestAdoptBlockedRunsOn(t *testing.T) {
+	requireE2E(t)
+	e := newEngine(t, t.TempDir(), nil)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	a := startHostAppWith(t, func(cmd *exec.Cmd) { cmd.ExtraFiles = []*os.File{w} })
+	before := a.waitCounter(t, 5)
+	_, err = e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: uniqueName("blocked")})
+	if !errors.Is(err, introspect.ErrBlocked) || !strings.Contains(err.Error(), "outside the tree") {
+		t.Fatalf("Adopt: %v, want a blocker naming the pipe held outside the tree", err)
+	}
+	t.Log(err)
+	if got, want := nsOf(a.pid, "pid"), nsOf(os.Getpid(), "pid"); !alive(a.pid) || got != want {
+		t.Fatalf("pid %d: alive %v, PID namespace %s, want the host's %s", a.pid, alive(a.pid), got, want)
+	}
+	a.waitCounter(t, before+5)
 }
