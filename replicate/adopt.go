@@ -330,19 +330,19 @@ func (e *Engine) adoptDriver(drv *criu.Driver, exe string) (*criu.Driver, error)
 	return criu.New(cfg)
 }
 
-// putBack restores an adopted tree's images into the host PID namespace
-// once its PIDs are free again (its parent must reap what the dump
-// killed).
+// putBack restores an adopted tree's images into the host PID namespace,
+// in its old cgroups, once its PIDs are free again (its parent must reap
+// what the dump killed).
 func (e *Engine) putBack(ctx context.Context, drv *criu.Driver, imgDir, work string, pids []int) error {
 	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && slices.ContainsFunc(pids, exists) {
+	for time.Now().Before(deadline) && slices.ContainsFunc(pids, pidTaken) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	dir := filepath.Join(work, "put-back")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	res, err := drv.Restore(ctx, criu.RestoreOptions{ImagesDir: imgDir, WorkDir: dir, JoinNs: criu.HostJoinNs(os.Getpid())})
+	res, err := drv.Restore(ctx, criu.RestoreOptions{ImagesDir: imgDir, WorkDir: dir, DumpedCgroups: true, JoinNs: criu.HostJoinNs(os.Getpid())})
 	if err != nil {
 		return err
 	}
@@ -354,8 +354,8 @@ func (e *Engine) putBack(ctx context.Context, drv *criu.Driver, imgDir, work str
 	return nil
 }
 
-// exists reports whether pid is taken, zombies included.
-func exists(pid int) bool {
+// pidTaken reports whether pid is taken, zombies included.
+func pidTaken(pid int) bool {
 	err := unix.Kill(pid, 0)
 	return err == nil || errors.Is(err, unix.EPERM)
 }

@@ -120,7 +120,7 @@ func reapOrphan(pid int) {
 		if p == pid || err != nil && !errors.Is(err, unix.ECHILD) && !errors.Is(err, unix.EINTR) {
 			return
 		}
-		if errors.Is(err, unix.ECHILD) && !exists(pid) {
+		if errors.Is(err, unix.ECHILD) && !pidTaken(pid) {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -213,7 +213,7 @@ func TestAdoptThenCheckpointKillRestore(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("the original process %d still runs in the host PID namespace", a.pid)
 	}
-	if exists(a.child) && nsOf(a.child, "pid") == nsOf(os.Getpid(), "pid") && procStart(a.child) != 0 {
+	if pidTaken(a.child) && nsOf(a.child, "pid") == nsOf(os.Getpid(), "pid") && procStart(a.child) != 0 {
 		// The PID may have been reused by an unrelated process; the
 		// child's own start time tells.
 		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", a.child)); strings.Contains(string(b), "adoptapp") {
@@ -277,10 +277,14 @@ func TestAdoptFailurePutsTreeBack(t *testing.T) {
 	e.adoptFault = func(step string) error { return fmt.Errorf("injected failure at %s", step) }
 	a := startHostApp(t)
 	before := a.waitCounter(t, 5)
+	cgroup, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", a.pid))
+	if err != nil {
+		t.Fatal(err)
+	}
 	name := uniqueName("adoptfail")
 	killAppAtEnd(t, name)
 
-	_, err := e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: name})
+	_, err = e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: name})
 	if err == nil || !strings.Contains(err.Error(), "injected failure") || !strings.Contains(err.Error(), "put back") {
 		t.Fatalf("Adopt: %v, want the injected failure and the tree put back", err)
 	}
@@ -290,6 +294,9 @@ func TestAdoptFailurePutsTreeBack(t *testing.T) {
 	}
 	if got, want := nsOf(a.pid, "pid"), nsOf(os.Getpid(), "pid"); got != want {
 		t.Fatalf("pid %d is in PID namespace %s, want the host's %s", a.pid, got, want)
+	}
+	if got, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", a.pid)); string(got) != string(cgroup) {
+		t.Errorf("put back in cgroup %q, it was in %q", got, cgroup)
 	}
 	n := a.waitCounter(t, before+10)
 	t.Logf("counter %d before, %d after the put-back", before, n)

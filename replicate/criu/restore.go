@@ -34,6 +34,10 @@ type RestoreOptions struct {
 	// External lists resources outside the tree to bind at restore
 	// (--external), matching the dump's.
 	External []string
+	// DumpedCgroups puts the restored tree back into the cgroups recorded
+	// at dump time (CRIU's soft mode) instead of leaving it in the
+	// caller's: for a tree returned to where it was dumped.
+	DumpedCgroups bool
 	// JoinNs puts the restored tree into existing namespaces (--join-ns),
 	// by kind ("uts", "time", "mnt", ...) to a namespace file.
 	JoinNs map[string]string
@@ -114,6 +118,9 @@ func (d *Driver) Restore(ctx context.Context, opts RestoreOptions) (*RestoreResu
 	// may be frozen). The tree stays in the caller's cgroups; the engine
 	// moves it into its own freezer cgroup once restored.
 	ro.ManageCgroupsMode = ptr(rpc.CriuCgMode_IGNORE)
+	if opts.DumpedCgroups {
+		ro.ManageCgroupsMode = ptr(rpc.CriuCgMode_SOFT)
+	}
 
 	c := d.newCriu()
 	for key, f := range opts.InheritFds {
