@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -194,6 +195,11 @@ func nsPid(t *testing.T, pid int) int {
 	return 0
 }
 
+// TestAdoptThenCheckpointKillRestore: a tree started in the host PID
+// namespace is adopted: it runs on in a PID namespace of its own under the
+// init, with its old PIDs and its state; then an epoch of it is restored
+// after a kill, and another one is exported and imported by a second
+// engine, each time continuing from the epoch.
 func TestAdoptThenCheckpointKillRestore(t *testing.T) {
 	requireE2E(t)
 	e := newEngine(t, t.TempDir(), nil)
@@ -266,7 +272,30 @@ func TestAdoptThenCheckpointKillRestore(t *testing.T) {
 	// The data file went back to the epoch; the counter goes on from there.
 	n := a.waitCounter(t, atEpoch+10)
 	t.Logf("epoch %d restored: counter %d", ep.Manifest.Epoch, n)
+
+	// Exported, and imported by another engine, it resumes there.
+	ep, err = e.Checkpoint(t.Context(), name, CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	atEpoch = a.waitCounter(t, 0)
+	var archive bytes.Buffer
+	if _, err := e.Export(t.Context(), name, ep.Manifest.Epoch, &archive, nil); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.Stop(t.Context(), name); err != nil {
+		t.Fatal(err)
+	}
+	e2 := newEngine(t, t.TempDir(), nil)
+	if _, _, err := e2.Import(t.Context(), &archive, ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e2.Restore(t.Context(), name, RestoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n = a.waitCounter(t, atEpoch+10)
+	t.Logf("epoch %d exported and imported: counter %d", ep.Manifest.Epoch, n)
+	if err := e2.Stop(t.Context(), name); err != nil {
 		t.Fatal(err)
 	}
 }
