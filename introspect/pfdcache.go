@@ -37,7 +37,9 @@ type procFiles struct {
 	// order; readFDs checks them against the kernel's count instead of
 	// listing the directory again.
 	fds []int
-	gen uint64
+	// fixedNS are the namespaces of fixedNS once read (0: not yet).
+	fixedNS [len(nsNames)]uint64
+	gen     uint64
 	// dead is set when a read found the process gone. Its files stay
 	// open until the process is released, so that no descriptor number
 	// handed out during its scan is closed (and reused) under the reader.
@@ -130,6 +132,7 @@ func (sc *Scanner) closeProc(pf *procFiles) {
 		pf.fdDir = -1
 	}
 	pf.fds = pf.fds[:0]
+	pf.fixedNS = [len(nsNames)]uint64{}
 }
 
 // readProcFile reads one of the kept-open files of pid whole.

@@ -28,6 +28,11 @@ var verdictNS = map[string]bool{"ipc": true, "mnt": true, "net": true, "pid": tr
 // nsNames are the namespaces recorded for each process.
 var nsNames = [...]string{"cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts"}
 
+// fixedNS marks the namespaces a process keeps for life: setns and
+// unshare of a PID or time namespace only apply to the children it
+// creates afterwards. A Scanner reads them once per kept process.
+var fixedNS = [len(nsNames)]bool{4: true, 5: true}
+
 // Scanner builds resource graphs. It keeps its read buffers, and the procfs
 // files of the processes it read, between scans, so a caller that scans
 // repeatedly (the checkpoint engine, a Watcher) pays less per scan; Close
@@ -466,6 +471,10 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 		if !s.cfg.ProcessDetails && !verdictNS[nsNames[i]] {
 			continue
 		}
+		if ino := pf.fixedNS[i]; ino != 0 {
+			p.Namespaces[nsNames[i]] = ino
+			continue
+		}
 		l, err := s.r.readlinkBytes(dfd, nsPath)
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -474,7 +483,11 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 			unreadable("namespaces", err)
 			break
 		}
-		p.Namespaces[nsNames[i]], _ = bracketNum(l)
+		ino, _ := bracketNum(l)
+		p.Namespaces[nsNames[i]] = ino
+		if fixedNS[i] {
+			pf.fixedNS[i] = ino
+		}
 	}
 
 	children := s.readThreads(dfd, p, wantChildren, unreadable)
