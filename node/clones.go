@@ -144,15 +144,49 @@ func (n *Node) handleEpoch(ctx context.Context, s *peer.Stream) {
 	// The journal before the barrier is in this epoch.
 	n.cloneJournal(app).Trim(ep.Manifest.Barrier)
 	n.log.Debug("epoch received", "app", app, "epoch", ep.Manifest.Epoch, "bytes", stats.WireRecv)
-	if _, err := n.engine.Store().GC(ctx); err != nil {
-		n.log.Warn("gc after receive", "app", app, "err", err)
-	}
-	// Ready for a restore: a promotion or a relocation here starts from
-	// this copy (the sender has its acknowledgement already).
+	// Ready for a restore first: a promotion or a relocation here starts
+	// from this copy (the sender has its acknowledgement already).
 	start := time.Now()
 	if err := n.engine.Standby(n.ctx, app, ep.Manifest.Epoch); err != nil {
 		n.log.Warn("standby copy", "app", app, "epoch", ep.Manifest.Epoch, "err", err)
 	} else {
 		n.log.Debug("standby copy updated", "app", app, "epoch", ep.Manifest.Epoch, "took", time.Since(start))
+	}
+	n.gcSoon()
+}
+
+// A clone's store is collected once epochs have stopped arriving for
+// gcQuiet (or gcMaxDelay after the first one, when they keep coming): a GC
+// compacts packs and holds off new transactions, so it must not run just
+// as the next epoch arrives, such as a relocation's last one, which
+// follows its warm-up epoch within about a second.
+const (
+	gcQuiet    = 2 * time.Second
+	gcMaxDelay = 10 * time.Second
+)
+
+// gcSoon asks for a store GC after the quiet period.
+func (n *Node) gcSoon() {
+	n.gcMu.Lock()
+	defer n.gcMu.Unlock()
+	now := time.Now()
+	switch {
+	case n.gcTimer == nil:
+		n.gcFirst = now
+		n.gcTimer = time.AfterFunc(gcQuiet, n.gcNow)
+	case now.Sub(n.gcFirst) < gcMaxDelay-gcQuiet:
+		n.gcTimer.Reset(gcQuiet)
+	}
+}
+
+func (n *Node) gcNow() {
+	n.gcMu.Lock()
+	n.gcTimer = nil
+	n.gcMu.Unlock()
+	if n.ctx.Err() != nil {
+		return
+	}
+	if _, err := n.engine.Store().GC(n.ctx); err != nil && n.ctx.Err() == nil {
+		n.log.Warn("store gc after received epochs", "err", err)
 	}
 }

@@ -148,6 +148,10 @@ type Node struct {
 	leavingMu sync.Mutex
 	leaving   map[string]time.Time // members that announced a clean shutdown
 
+	gcMu    sync.Mutex
+	gcTimer *time.Timer // a store GC after received epochs, pending
+	gcFirst time.Time   // when that GC was first asked for
+
 	jmu      sync.Mutex
 	journals map[string]*journal.Journal // apps this node clones: the OP's journal
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"doppel/failover"
@@ -136,11 +137,17 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 		progress("warm-up sent", map[string]any{"bytes": st.WireSent})
 	}
 
-	// The pause starts here: service held at a message boundary, app
-	// frozen, dumped and ended.
+	// The pause starts at the barrier (PSB): service held at a message
+	// boundary, app frozen, dumped and ended. Until then the app serves.
 	start := time.Now()
+	var frozeAt atomic.Pointer[time.Time]
 	svc := r.service()
-	opts := replicate.CheckpointOptions{Final: true}
+	opts := replicate.CheckpointOptions{Final: true, Observer: func(ev replicate.Event) {
+		if ev.Phase == replicate.PSB && !ev.End {
+			t := ev.Time
+			frozeAt.CompareAndSwap(nil, &t)
+		}
+	}}
 	if svc != nil {
 		opts.Barrier = svc.pause
 	}
@@ -180,6 +187,9 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 	// The pause ends when the target serves.
 	if err := n.waitServing(ctx, name, to, 2*time.Minute); err != nil {
 		return api.RelocateResult{}, fmt.Errorf("relocate %s: placed on %s at term %d, but: %w", name, to, app.Term+1, err)
+	}
+	if t := frozeAt.Load(); t != nil {
+		start = *t
 	}
 	pause := time.Since(start)
 	res := api.RelocateResult{App: name, From: n.cfg.Name, To: to, Term: app.Term + 1, Epoch: epoch,

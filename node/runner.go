@@ -650,7 +650,11 @@ func (r *runner) checkpoint() (*store.Epoch, error) {
 // it does not replicate it.
 func (r *runner) checkpointWith(ctx context.Context, opts replicate.CheckpointOptions) (*store.Epoch, error) {
 	n := r.n
+	also := opts.Observer
 	opts.Observer = func(ev replicate.Event) {
+		if also != nil {
+			also(ev)
+		}
 		n.publish(api.Event{Kind: api.KindPhase, App: ev.App, Epoch: ev.Epoch, Phase: string(ev.Phase),
 			End: ev.End, DurationMs: float64(ev.Duration.Microseconds()) / 1000, Message: ev.Err, Time: ev.Time})
 		if ev.End {
