@@ -30,8 +30,9 @@
 // the costly details (mapping sizes, fdinfo, per-thread stats, command
 // lines). Its cost is dominated by procfs calls: about 2.0 per descriptor,
 // everything included, once a Scanner keeps its files open
-// (TestScanCallBudget bounds it at 2.2); BenchmarkScan reports the CPU time
-// of a 100-process, 5000-descriptor tree.
+// (TestScanCallBudget bounds it at 2.1), and a rescan lists a process's
+// descriptor directory only when their number changed; BenchmarkScan
+// reports the CPU time of a 100-process, 5000-descriptor tree.
 //
 // # Graph
 //
