@@ -16,7 +16,9 @@ import (
 
 // A standby is a clone's restore-ready image directory of an app: the
 // newest epoch it received, materialised, and brought up to date epoch by
-// epoch by rewriting only the pages and image files that changed. A restore
+// epoch by rewriting only the pages and image files that changed, each
+// checked against its hash as it is written (so a restore from it skips
+// checking the whole directory again). A restore
 // (a promotion after a failure, the target of a relocation) then starts
 // from it instead of writing every image of the app, which on a large app
 // is most of the time a restore takes. A standby lives in the work
@@ -88,6 +90,11 @@ func (sb *standby) update(ctx context.Context, st *store.Store, ep *store.Epoch)
 	if sb.epoch == 0 {
 		sb.clear()
 		if err := st.Materialise(ctx, ep.Manifest.App, ep.Manifest.Epoch, sb.dir); err != nil {
+			sb.clear()
+			return err
+		}
+		// Checked once, here; updates check what they write.
+		if err := verifyImages(ctx, sb.dir, ep.Images); err != nil {
 			sb.clear()
 			return err
 		}

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -13,8 +14,9 @@ import (
 // (nil: whatever it holds, or nothing), into f's content, rewriting only
 // what differs: the pages of a CRIU pages image whose hash changed (a page
 // that became zero becomes a hole), and any other file whole when its
-// content changed. It is how a clone keeps a restore-ready image directory
-// up to date as epochs arrive (see replicate's standby).
+// content changed. What it writes it reads back and checks against its
+// hashes. It is how a clone keeps a restore-ready image directory up to
+// date as epochs arrive (see replicate's standby).
 func (s *Store) UpdateImage(dir string, old, f *ImageFile) error {
 	path := filepath.Join(dir, f.Name)
 	if old != nil && old.Name == f.Name && sameImage(old, f) {
@@ -24,9 +26,12 @@ func (s *Store) UpdateImage(dir string, old, f *ImageFile) error {
 		if err := os.RemoveAll(path); err != nil {
 			return err
 		}
-		return s.writeImage(dir, f)
+		if err := s.writeImage(dir, f); err != nil {
+			return err
+		}
+		return VerifyImage(path, f)
 	}
-	out, err := os.OpenFile(path, os.O_WRONLY, 0)
+	out, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
@@ -77,6 +82,9 @@ func (s *Store) patchContent(out *os.File, old, hs []Hash, size int64) error {
 		if err != nil {
 			return err
 		}
+		if err := checkRange(out, off, end-first.off, hs[i:j]); err != nil {
+			return err
+		}
 		i = j
 	}
 	if int64(len(hs))*PageSize < size {
@@ -94,4 +102,67 @@ func zeroRange(f *os.File, off, n int64) error {
 	}
 	_, err = f.WriteAt(make([]byte, n), off)
 	return err
+}
+
+// checkRange reads n bytes of f at off back and checks them, page by page,
+// against hs.
+func checkRange(f *os.File, off, n int64, hs []Hash) error {
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return fmt.Errorf("read back at %d: %w", off, err)
+	}
+	for k := range hs {
+		if Sum(buf[k*PageSize:min(len(buf), (k+1)*PageSize)]) != hs[k] {
+			return fmt.Errorf("%w: page at %d does not match its hash %s after the copy", ErrCorrupt, off+int64(k)*PageSize, hs[k])
+		}
+	}
+	return nil
+}
+
+// VerifyImage checks the file at path against f: its size, and each
+// unit's content against its hash.
+func VerifyImage(path string, f *ImageFile) error {
+	if f.Kind == KindSymlink {
+		t, err := os.Readlink(path)
+		if err != nil {
+			return err
+		}
+		if t != f.Target {
+			return fmt.Errorf("%w: %s links to %q, recorded %q", ErrCorrupt, f.Name, t, f.Target)
+		}
+		return nil
+	}
+	unit := f.Kind.unit()
+	r, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	fi, err := r.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != f.Size {
+		return fmt.Errorf("%w: %s is %d bytes, recorded %d", ErrCorrupt, f.Name, fi.Size(), f.Size)
+	}
+	if want := (f.Size + unit - 1) / unit; int64(len(f.Hashes)) != want {
+		return fmt.Errorf("%w: %s has %d hashes for %d bytes", ErrCorrupt, f.Name, len(f.Hashes), f.Size)
+	}
+	buf := make([]byte, min(f.Size, ChunkSize))
+	var off int64
+	for off < f.Size {
+		n, err := io.ReadFull(r, buf[:min(int64(len(buf)), f.Size-off)])
+		if err != nil {
+			return err
+		}
+		for b := buf[:n]; len(b) > 0; {
+			u := b[:min(int64(len(b)), unit)]
+			if Sum(u) != f.Hashes[off/unit] {
+				return fmt.Errorf("%w: %s at offset %d does not match its hash %s", ErrCorrupt, f.Name, off, f.Hashes[off/unit])
+			}
+			off += int64(len(u))
+			b = b[len(u):]
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -82,5 +83,52 @@ func TestUpdateImageFollowsEpochs(t *testing.T) {
 		for _, f := range ep.Images {
 			prev[f.Name] = f
 		}
+	}
+}
+
+// TestUpdateImageChecksWhatItWrites: a page damaged in its pack is found
+// when UpdateImage copies it, not later by the restore.
+func TestUpdateImageChecksWhatItWrites(t *testing.T) {
+	s := openStore(t, testConfig())
+	mem := storetest.Memory(3, 64)
+	image := func(m []byte) *storetest.Image {
+		return &storetest.Image{Procs: []storetest.Proc{{PID: 10, Regions: []storetest.Region{
+			{Vaddr: 0x400000, Pages: 64, Data: m},
+		}}}, Files: map[string][]byte{"inventory.img": []byte("inventory")}}
+	}
+	ep1 := ingest(t, s, "app", 1, 0, writeImage(t, image(mem)))
+	dir := filepath.Join(t.TempDir(), "standby")
+	if err := s.Materialise(context.Background(), "app", 1, dir); err != nil {
+		t.Fatal(err)
+	}
+	m2 := append([]byte(nil), mem...)
+	m2[5*PageSize] ^= 1
+	ep2 := ingest(t, s, "app", 2, 1, writeImage(t, image(m2)))
+	var f1, f2 *ImageFile
+	for i := range ep2.Images {
+		if ep2.Images[i].Kind == KindPages {
+			f2 = &ep2.Images[i]
+			f1 = &ep1.Images[i]
+		}
+	}
+	if f1 == nil || f1.Name != f2.Name {
+		t.Fatal("no pages image in both epochs")
+	}
+	// Damage the changed page where the pack holds it.
+	h := f2.Hashes[5]
+	s.mu.RLock()
+	l := s.idx[h]
+	s.mu.RUnlock()
+	w, err := os.OpenFile(l.p.f.Name(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte{0xAA}, l.off+7); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	err = s.UpdateImage(dir, f1, f2)
+	if !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("UpdateImage over a damaged page: %v, want ErrCorrupt", err)
 	}
 }
