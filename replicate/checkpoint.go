@@ -241,7 +241,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 func (e *Engine) resources(ctx context.Context, st *AppState, epoch uint64) error {
 	icfg := e.cfg.Introspect
 	icfg.DataPaths = st.Spec.DataPaths
-	g, err := introspect.Scan(ctx, st.Pid, icfg)
+	g, err := e.scanners.scan(ctx, st.Spec.Name, st.Pid, icfg)
 	if err != nil {
 		return err
 	}

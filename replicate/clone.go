@@ -54,29 +54,35 @@ func (e *Engine) Hold(spec Spec, initExe, initSum, stdout, stderr string) (*AppS
 // HasInit reports whether the init binary an app's epochs map is present at
 // path with the given SHA-256.
 func HasInit(path, sum string) bool {
+	got, err := initSum(path)
+	return err == nil && got == sum
+}
+
+// initSum is the SHA-256 of the file at path, in hex. An init binary is
+// tens of MiB and checked before every epoch sent and every restore: a
+// file seen before, and unchanged since (same inode, size, modification
+// and change times), is not hashed again.
+func initSum(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return false
+		return "", err
 	}
 	defer f.Close()
-	// The binary is tens of MiB and asked about before every epoch sent:
-	// a file seen with this sum, and unchanged since (same inode, size,
-	// modification and change times), is not hashed again.
 	id, idErr := fileIdentity(f)
 	if idErr == nil {
 		if known, ok := initSums.Load(id); ok {
-			return known.(string) == sum
+			return known.(string), nil
 		}
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return false
+		return "", err
 	}
 	got := hex.EncodeToString(h.Sum(nil))
 	if idErr == nil {
 		initSums.Store(id, got)
 	}
-	return got == sum
+	return got, nil
 }
 
 // initSums caches the SHA-256 of init binaries by file identity.

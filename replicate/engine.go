@@ -94,7 +94,8 @@ type Engine struct {
 	// adoptFault, set by tests, fails Adopt at a named step.
 	adoptFault func(step string) error
 
-	standby standbys // restore-ready copies of received epochs
+	standby  standbys // restore-ready copies of received epochs
+	scanners scanners // the RM phase's Scanner of each app
 
 	gcMu      sync.Mutex // guards gcRunning and gcAgain
 	gcRunning bool       // a background GC runs
@@ -206,6 +207,7 @@ func (e *Engine) frozenMarker(name string) string {
 // Close stops a background GC (at a safe point), waits for it and releases
 // the store. Apps keep running.
 func (e *Engine) Close() error {
+	e.scanners.drop("")
 	e.gcCancel()
 	e.gcDone.Wait()
 	return e.store.Close()
@@ -432,6 +434,7 @@ func (e *Engine) Stop(ctx context.Context, name string) error {
 		return err
 	}
 	_ = os.Remove(e.frozenMarker(name))
+	e.scanners.drop(name)
 	st.Pid, st.PidStart = 0, 0
 	return e.apps.save(st)
 }

@@ -22,6 +22,7 @@ func (e *Engine) Forget(ctx context.Context, name string) error {
 		}
 	}
 	e.standby.drop(name)
+	e.scanners.drop(name)
 	if err := e.store.Forget(ctx, name); err != nil {
 		return fmt.Errorf("forget %s: %w", name, err)
 	}

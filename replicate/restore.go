@@ -2,11 +2,8 @@ package replicate
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -184,19 +181,17 @@ func checkInit(st *AppState) error {
 	if st.InitExe == "" {
 		return nil
 	}
-	f, err := os.Open(st.InitExe)
-	if err != nil {
+	if _, err := os.Stat(st.InitExe); err != nil {
 		return fmt.Errorf("restore %s: init binary %s is missing (import the app's archive, which carries it): %w", st.Spec.Name, st.InitExe, err)
 	}
-	defer f.Close()
 	if st.InitSum == "" {
 		return nil
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	got, err := initSum(st.InitExe)
+	if err != nil {
 		return fmt.Errorf("restore %s: init binary %s: %w", st.Spec.Name, st.InitExe, err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != st.InitSum {
+	if got != st.InitSum {
 		return fmt.Errorf("restore %s: init binary %s has sha256 %s, the app was started with %s", st.Spec.Name, st.InitExe, got, st.InitSum)
 	}
 	return nil
