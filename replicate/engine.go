@@ -94,6 +94,7 @@ type Engine struct {
 	// adoptFault, set by tests, fails Adopt at a named step.
 	adoptFault func(step string) error
 
+	workLock *os.File // held on the work directory's lock file while the engine lives
 	standby  standbys // restore-ready copies of received epochs
 	scanners scanners // the RM phase's Scanner of each app
 
@@ -125,6 +126,11 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	if err := os.MkdirAll(cfg.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("work directory: %w", err)
 	}
+	root, workLock, err := openWorkRoot(cfg.WorkDir, cfg.StateDir, log)
+	if err != nil {
+		return nil, fmt.Errorf("work directory: %w", err)
+	}
+	cfg.WorkDir = root
 	if cfg.Freezer.Parent == freezer.DefaultConfig().Parent {
 		// Several engines on one machine (nodes of a test cluster, a demo)
 		// must never share an app's freezer cgroup: one per state
@@ -135,6 +141,7 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	cfg.Store.Logger = log
 	st, err := store.Open(filepath.Join(cfg.StateDir, "store"), cfg.Store)
 	if err != nil {
+		workLock.Close()
 		return nil, err
 	}
 	e := &Engine{
@@ -143,11 +150,9 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 		apps:     apps{dir: filepath.Join(cfg.StateDir, "apps")},
 		store:    st,
 		children: map[int]*shim.Process{},
+		workLock: workLock,
 	}
-	e.standby.root = standbyRoot(cfg.WorkDir, cfg.StateDir)
-	if err := os.RemoveAll(e.standby.root); err != nil {
-		return nil, fmt.Errorf("work directory: %w", err)
-	}
+	e.standby.root = filepath.Join(cfg.WorkDir, "standby")
 	e.gcCtx, e.gcCancel = context.WithCancel(context.Background())
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
@@ -210,7 +215,14 @@ func (e *Engine) Close() error {
 	e.scanners.drop("")
 	e.gcCancel()
 	e.gcDone.Wait()
-	return e.store.Close()
+	err := e.store.Close()
+	// Nothing in the work directory outlives the engine (standby copies
+	// are in memory only; no dump or restore runs once the node stops).
+	if rerr := os.RemoveAll(e.cfg.WorkDir); rerr != nil {
+		e.log.Warn("cannot remove the work directory", "dir", e.cfg.WorkDir, "err", rerr)
+	}
+	e.workLock.Close()
+	return err
 }
 
 // startGC runs the store's GC in the background after a commit. One runs at

@@ -2,8 +2,6 @@ package replicate
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -27,7 +25,7 @@ import (
 // restarted engine removes what an earlier one left.
 type standbys struct {
 	mu   sync.Mutex
-	root string // per state directory, under the work directory
+	root string // in the engine's work directory
 	m    map[string]*standby
 	used atomic.Int64 // restores that started from a standby
 }
@@ -40,13 +38,6 @@ type standby struct {
 	// taken is the epoch a restore last took the directory at: the app
 	// runs from it here, so nothing up to it needs a standby any more.
 	taken uint64
-}
-
-// standbyRoot is the standby directory of an engine: one per state
-// directory, as several nodes of one machine share the work directory.
-func standbyRoot(workDir, stateDir string) string {
-	sum := sha256.Sum256([]byte(stateDir))
-	return filepath.Join(workDir, "doppel-standby-"+hex.EncodeToString(sum[:4]))
 }
 
 func (s *standbys) get(name string, create bool) *standby {
