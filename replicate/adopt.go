@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -283,6 +284,10 @@ func (e *Engine) adoptable(pid int) error {
 	return nil
 }
 
+// sessionReason is introspect's verdict on a root that is not a session
+// leader (introspect/verdict.go), with the "; " that joins it to others.
+var sessionReason = regexp.MustCompile(`(; )?root is not a session leader \(sid \d+\): CRIU refuses without --shell-job; start the app with setsid`)
+
 // adoptBlockers is the graph's Check, except that a root that is not a
 // session leader is fine: adoption dumps with --shell-job and restores the
 // tree into the init's session.
@@ -292,8 +297,14 @@ func adoptBlockers(g *introspect.Graph) error {
 		if f.Level != introspect.LevelBlocker {
 			continue
 		}
-		if f.Kind == introspect.KindProcess && strings.Contains(f.Reason, "not a session leader") {
-			continue
+		if f.Kind == introspect.KindProcess {
+			// A process's verdict joins its reasons with "; ": only the
+			// session one is dropped, any other blocker stays.
+			rest := strings.Trim(sessionReason.ReplaceAllString(f.Reason, ""), "; ")
+			if rest == "" {
+				continue
+			}
+			f.Reason = rest
 		}
 		bl = append(bl, f)
 	}
