@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"doppel/replicate/store"
 )
 
@@ -38,6 +40,16 @@ type standby struct {
 	// taken is the epoch a restore last took the directory at: the app
 	// runs from it here, so nothing up to it needs a standby any more.
 	taken uint64
+	short bool // skipped for want of space (logged once)
+}
+
+// freeBytes is the space available to this process in dir's file system.
+func freeBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }
 
 func (s *standbys) get(name string, create bool) *standby {
@@ -149,6 +161,27 @@ func (e *Engine) Standby(ctx context.Context, name string, n uint64) error {
 	if sb.epoch > n || sb.taken >= n {
 		return nil // a newer epoch is there already, or runs here
 	}
+	// The work directory also takes this node's dumps: a standby never
+	// leaves less free there than the epoch's size (twice that to fill
+	// one), so a dump of an app as large still fits.
+	var need int64
+	for _, f := range ep.Images {
+		need += f.Size
+	}
+	if sb.epoch == 0 {
+		need *= 2
+	}
+	if free, err := freeBytes(e.cfg.WorkDir); err == nil && free < need {
+		had := sb.epoch != 0
+		sb.clear()
+		if had || !sb.short {
+			e.log.Info("no standby copy: the work directory is short of space", "app", name, "epoch", n,
+				"free", free, "need", need, "dir", e.cfg.WorkDir)
+		}
+		sb.short = true
+		return nil
+	}
+	sb.short = false
 	if err := sb.update(ctx, e.store, ep); err != nil {
 		return fmt.Errorf("standby of %s epoch %d: %w", name, n, err)
 	}
