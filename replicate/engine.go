@@ -126,11 +126,6 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	if err := os.MkdirAll(cfg.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("work directory: %w", err)
 	}
-	root, workLock, err := openWorkRoot(cfg.WorkDir, cfg.StateDir, log)
-	if err != nil {
-		return nil, fmt.Errorf("work directory: %w", err)
-	}
-	cfg.WorkDir = root
 	if cfg.Freezer.Parent == freezer.DefaultConfig().Parent {
 		// Several engines on one machine (nodes of a test cluster, a demo)
 		// must never share an app's freezer cgroup: one per state
@@ -141,9 +136,16 @@ func New(cfg Config, log *slog.Logger) (*Engine, error) {
 	cfg.Store.Logger = log
 	st, err := store.Open(filepath.Join(cfg.StateDir, "store"), cfg.Store)
 	if err != nil {
-		workLock.Close()
 		return nil, err
 	}
+	// After the store, whose lock keeps a second engine of this state
+	// directory out before it touches the work directory.
+	root, workLock, err := openWorkRoot(cfg.WorkDir, cfg.StateDir, log)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("work directory: %w", err)
+	}
+	cfg.WorkDir = root
 	e := &Engine{
 		cfg:      cfg,
 		log:      log,

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -20,14 +21,12 @@ const workRootPrefix = "doppel-work-"
 // and locks it for as long as the engine lives. Everything the engine
 // writes there (dumps, restores, standby copies) goes under it, so that a
 // new engine removes what a killed one left: its own directory's content
-// at once, and the directory of any other engine whose lock nobody holds
-// any more (its node was killed and its state directory removed).
+// once it holds the lock, and the directory of any other engine whose lock
+// nobody holds any more (its node was killed and its state directory
+// removed).
 func openWorkRoot(workDir, stateDir string, log *slog.Logger) (string, *os.File, error) {
 	sum := sha256.Sum256([]byte(stateDir))
 	root := filepath.Join(workDir, workRootPrefix+hex.EncodeToString(sum[:4]))
-	if err := os.RemoveAll(root); err != nil {
-		return "", nil, err
-	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return "", nil, err
 	}
@@ -35,11 +34,30 @@ func openWorkRoot(workDir, stateDir string, log *slog.Logger) (string, *os.File,
 	if err != nil {
 		return "", nil, err
 	}
-	// Another engine of the same state directory may still hold the old
-	// lock (a test that abandons an engine): then this one goes on
-	// without, and the directory is not swept while either lives.
-	_ = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-	_, _ = lock.WriteString(stateDir + "\n")
+	// The lock first: the directory of a live engine is never touched.
+	// (The store's lock on the state directory already keeps a second
+	// engine out; this one covers the work directory on its own.)
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		return "", nil, fmt.Errorf("%s is in use by another engine of state directory %s: %w", root, stateDir, err)
+	}
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		lock.Close()
+		return "", nil, err
+	}
+	for _, ent := range ents {
+		if ent.Name() == ".lock" {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(root, ent.Name())); err != nil {
+			lock.Close()
+			return "", nil, err
+		}
+	}
+	if err := lock.Truncate(0); err == nil {
+		_, _ = lock.WriteAt([]byte(stateDir+"\n"), 0)
+	}
 	sweepWorkRoots(workDir, root, log)
 	return root, lock, nil
 }

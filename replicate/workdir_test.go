@@ -42,3 +42,35 @@ func TestWorkRootSweep(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkRootOfLiveEngineUntouched: a second engine of the same state
+// directory neither empties nor takes the work directory of a live one.
+func TestWorkRootOfLiveEngineUntouched(t *testing.T) {
+	work := t.TempDir()
+	log := slog.New(slog.DiscardHandler)
+	root, lock, err := openWorkRoot(work, "/state/a", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	dump := filepath.Join(root, "doppel-dump-app-1")
+	if err := os.Mkdir(dump, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, l2, err := openWorkRoot(work, "/state/a", log); err == nil {
+		l2.Close()
+		t.Fatal("a second engine took the work directory of a live one")
+	}
+	if _, err := os.Stat(dump); err != nil {
+		t.Fatalf("the live engine's dump directory: %v", err)
+	}
+	lock.Close() // the first engine ends: the next one starts clean
+	_, l3, err := openWorkRoot(work, "/state/a", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l3.Close()
+	if _, err := os.Stat(dump); !os.IsNotExist(err) {
+		t.Fatalf("a dead engine's dump directory left: %v", err)
+	}
+}
