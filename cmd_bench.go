@@ -158,19 +158,19 @@ func newBenchAppCmd() *cobra.Command {
 
 // newBenchLoadCmd measures the synthetic app's request rate.
 func newBenchLoadCmd() *cobra.Command {
-	var addr string
+	var addr, request string
 	var conns int
 	var d time.Duration
 	cmd := &cobra.Command{
-		Use:    "load --addr ADDR [--conns N] [--duration D]",
-		Short:  "Send WORK requests to the synthetic app and print the answered rate",
+		Use:    "load --addr ADDR [--conns N] [--duration D] [--request WORK|PING]",
+		Short:  "Send WORK (or PING) requests to the synthetic app and print the answered rate and the longest wait",
 		Hidden: true,
 		Args:   cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if addr == "" {
 				return usageError{errors.New("load needs --addr")}
 			}
-			r, err := bench.Load(cmd.Context(), addr, conns, d)
+			r, err := bench.LoadWith(cmd.Context(), addr, request, conns, d)
 			if err != nil {
 				return err
 			}
@@ -183,6 +183,7 @@ func newBenchLoadCmd() *cobra.Command {
 	f.StringVar(&addr, "addr", "", "the app's address")
 	f.IntVar(&conns, "conns", 4, "connections, one request in flight on each")
 	f.DurationVar(&d, "duration", 5*time.Second, "how long to send")
+	f.StringVar(&request, "request", "WORK", "WORK (rewrites a page per request) or PING (changes nothing)")
 	return cmd
 }
 

@@ -421,21 +421,40 @@ say "relocation: $RELOC_SIZE app dirtying 1%/s, link capped at $RATE bytes/s, $R
 L=$(load_avg)
 RAPP=reloc-$RUN_ID
 RPORT=$(free_port)
-reloc_ms=() naive_ms=() reloc_failed=0 naive_failed=0
-# do_reloc relocates the app to its clone; 1: the relocation failed (it
-# is counted and the rounds go on), 2: the app is not in sync (the rounds
-# stop).
+reloc_ms=() client_ms=() naive_ms=() reloc_failed=0 naive_failed=0
+# do_reloc relocates the app to its clone while a client hammers it (one
+# connection, one PING in flight, which leaves the app's memory alone so
+# that it keeps dirtying 1%/s: the longest wait for an answer is the pause
+# as the client sees it, its TCP connection moving with the app); 1: the relocation failed (it is counted and the rounds go on),
+# 2: the app is not in sync (the rounds stop).
 do_reloc() {
-	local to out
+	local to out lp gap rc=0 keep=() g
 	wait_until 180 "$RAPP in sync" in_sync n1 "$RAPP" 1 || return 2
 	to=$(app_field n1 node) # the clone, holding the newest epoch
-	if ! out=$(LIMIT=300 DN n1 relocate "$RAPP" --to "$to" 2>>"$TMP/relocate.log"); then
+	setsid "$DOPPEL" --config "$CFG" bench load --addr "127.0.0.1:$RPORT" --request PING --conns 1 --duration 10m \
+		>"$TMP/reloc-load.out" 2>>"$TMP/reloc-load.log" </dev/null &
+	lp=$!
+	PGIDS+=("$lp")
+	sleep 0.5 # the client is sending
+	out=$(LIMIT=300 DN n1 relocate "$RAPP" --to "$to" 2>>"$TMP/relocate.log") || rc=1
+	sleep 0.5 # answers from the target
+	kill -INT "$lp" 2>/dev/null || true
+	wait "$lp" || true
+	for g in "${PGIDS[@]}"; do [ "$g" = "$lp" ] || keep+=("$g"); done
+	PGIDS=("${keep[@]}")
+	if [ "$rc" != 0 ]; then
 		reloc_failed=$((reloc_failed + 1))
 		note "relocation $((${#reloc_ms[@]} + reloc_failed)) failed: $(tail -1 "$TMP/relocate.log")"
 		return 1
 	fi
 	echo "$out" >>"$TMP/relocate.log"
 	reloc_ms+=("$(sed -n 's/.*pause \([0-9.]*\) ms.*/\1/p' <<<"$out")")
+	gap=$(sed -n 's/.*max_gap_ms=\([0-9.]*\).*/\1/p' "$TMP/reloc-load.out")
+	if [ -n "$gap" ]; then
+		client_ms+=("$gap")
+	else
+		note "relocation $((${#reloc_ms[@]} + reloc_failed)): the client's connection did not survive ($(tail -1 "$TMP/reloc-load.log"))"
+	fi
 }
 do_naive() {
 	local np
@@ -459,15 +478,21 @@ if run_app n1 "$RAPP" "$RELOC_SIZE" 0.01 "$RPORT" 5s 1 && wait_until 180 "$RAPP 
 			do_reloc || rc=$?
 		fi
 		[ "$rc" != 2 ] || { note "relocation: $RAPP not in sync after round $((r - 1)); rounds stopped"; break; }
-		say "round $r: relocate pause $(last "${reloc_ms[@]}") ms, stop-and-copy $(last "${naive_ms[@]}") ms"
+		say "round $r: relocate pause $(last "${client_ms[@]}") ms seen by the client ($(last "${reloc_ms[@]}") ms printed by doppel), stop-and-copy $(last "${naive_ms[@]}") ms"
 	done
 	remove_app n1 "$RAPP" || say "could not remove $RAPP"
 else
 	say "relocation app did not start or sync (see $TMP/n1.log)"
 fi
-rm_=$(printf '%s\n' "${reloc_ms[@]}" | median) nm_=$(printf '%s\n' "${naive_ms[@]}" | median)
+# The pause is the client's when every relocation has one, else doppel's.
+pm_=$(printf '%s\n' "${reloc_ms[@]}" | median) nm_=$(printf '%s\n' "${naive_ms[@]}" | median)
+rm_=$pm_ rwhat="printed by doppel relocate (source frozen → target serving)"
+if [ "${#client_ms[@]}" -gt 0 ] && [ "${#client_ms[@]}" = "${#reloc_ms[@]}" ]; then
+	rm_=$(printf '%s\n' "${client_ms[@]}" | median)
+	rwhat="the longest wait for one answer of a client hammering the app with PINGs during the relocation (one connection, which moves with the app; doppel relocate printed [${reloc_ms[*]}] ms, source frozen → target serving)"
+fi
 ROW[relocate]="$rm_|$nm_|$(ratio "$rm_" "$nm_")"
-note "relocation: pause printed by doppel relocate (source frozen → target serving), to the clone node; stop-and-copy = criu dump (app stopped) + tar of the images over the peer transport capped at the same rate + criu restore + first answer, images on tmpfs at both ends; nodes with --preset $PRESET; samples doppel [${reloc_ms[*]}] naive [${naive_ms[*]}] ms; failed: $reloc_failed relocation(s), $naive_failed stop-and-copy; load at start $L"
+note "relocation: pause = $rwhat, to the clone node; stop-and-copy = criu dump (app stopped) + tar of the images over the peer transport capped at the same rate + criu restore + first answer, images on tmpfs at both ends; nodes with --preset $PRESET; samples doppel [${client_ms[*]:-${reloc_ms[*]}}] naive [${naive_ms[*]}] ms; failed: $reloc_failed relocation(s), $naive_failed stop-and-copy; load at start $L"
 
 # --------------------------------------------------------------- throughput
 say "throughput: $TP_SIZE app, $TP_WINDOW windows, checkpoints every 1s and 5s vs unmanaged, $ROUNDS round(s)"

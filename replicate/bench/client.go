@@ -33,6 +33,17 @@ func (r LoadResult) Rate() float64 {
 // answers. Any failed connection or unexpected answer ends it with an
 // error: throughput is only meaningful while the app serves every client.
 func Load(ctx context.Context, addr string, conns int, d time.Duration) (LoadResult, error) {
+	return LoadWith(ctx, addr, "WORK", conns, d)
+}
+
+// LoadWith is Load sending request (WORK or PING) instead of WORK. PING
+// changes nothing in the app's memory: it measures availability (the
+// longest wait for an answer) without adding to the app's dirty pages.
+func LoadWith(ctx context.Context, addr, request string, conns int, d time.Duration) (LoadResult, error) {
+	want := map[string]string{"WORK": "ok ", "PING": "pong"}[request]
+	if want == "" {
+		return LoadResult{}, fmt.Errorf("load: request %q: use WORK or PING", request)
+	}
 	if conns < 1 {
 		conns = 1
 	}
@@ -66,7 +77,7 @@ func Load(ctx context.Context, addr string, conns int, d time.Duration) (LoadRes
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, gap, err := loadConn(ctx, c)
+			n, gap, err := loadConn(ctx, c, request, want)
 			mu.Lock()
 			defer mu.Unlock()
 			total += n
@@ -81,22 +92,24 @@ func Load(ctx context.Context, addr string, conns int, d time.Duration) (LoadRes
 	return res, errors.Join(errs...)
 }
 
-// loadConn sends requests on c until ctx ends.
-func loadConn(ctx context.Context, c net.Conn) (n int64, maxGap time.Duration, err error) {
+// loadConn sends request on c until ctx ends; each answer must start with
+// want.
+func loadConn(ctx context.Context, c net.Conn, request, want string) (n int64, maxGap time.Duration, err error) {
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	r := bufio.NewReader(c)
+	line := []byte(request + "\n")
 	for ctx.Err() == nil {
 		sent := time.Now()
-		if _, err := c.Write([]byte("WORK\n")); err != nil {
+		if _, err := c.Write(line); err != nil {
 			return n, maxGap, ignoreEnd(ctx, err)
 		}
-		line, err := r.ReadString('\n')
+		answer, err := r.ReadString('\n')
 		if err != nil {
 			return n, maxGap, ignoreEnd(ctx, err)
 		}
-		if !strings.HasPrefix(line, "ok ") {
-			return n, maxGap, fmt.Errorf("load: answer %q to WORK", strings.TrimSpace(line))
+		if !strings.HasPrefix(answer, want) {
+			return n, maxGap, fmt.Errorf("load: answer %q to %s", strings.TrimSpace(answer), request)
 		}
 		n++
 		maxGap = max(maxGap, time.Since(sent))
