@@ -160,9 +160,9 @@ func newBenchAppCmd() *cobra.Command {
 func newBenchLoadCmd() *cobra.Command {
 	var addr, request string
 	var conns int
-	var d time.Duration
+	var d, pace time.Duration
 	cmd := &cobra.Command{
-		Use:    "load --addr ADDR [--conns N] [--duration D] [--request WORK|PING]",
+		Use:    "load --addr ADDR [--conns N] [--duration D] [--request WORK|PING] [--pace D]",
 		Short:  "Send WORK (or PING) requests to the synthetic app and print the answered rate and the longest wait",
 		Hidden: true,
 		Args:   cobra.NoArgs,
@@ -170,7 +170,7 @@ func newBenchLoadCmd() *cobra.Command {
 			if addr == "" {
 				return usageError{errors.New("load needs --addr")}
 			}
-			r, err := bench.LoadWith(cmd.Context(), addr, request, conns, d)
+			r, err := bench.LoadWith(cmd.Context(), addr, request, conns, d, pace)
 			if err != nil {
 				return err
 			}
@@ -184,6 +184,7 @@ func newBenchLoadCmd() *cobra.Command {
 	f.IntVar(&conns, "conns", 4, "connections, one request in flight on each")
 	f.DurationVar(&d, "duration", 5*time.Second, "how long to send")
 	f.StringVar(&request, "request", "WORK", "WORK (rewrites a page per request) or PING (changes nothing)")
+	f.DurationVar(&pace, "pace", 0, "wait between an answer and the next request on a connection")
 	return cmd
 }
 

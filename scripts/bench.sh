@@ -423,15 +423,18 @@ RAPP=reloc-$RUN_ID
 RPORT=$(free_port)
 reloc_ms=() client_ms=() naive_ms=() reloc_failed=0 naive_failed=0
 # do_reloc relocates the app to its clone while a client hammers it (one
-# connection, one PING in flight, which leaves the app's memory alone so
-# that it keeps dirtying 1%/s: the longest wait for an answer is the pause
-# as the client sees it, its TCP connection moving with the app); 1: the relocation failed (it is counted and the rounds go on),
+# connection, a PING every millisecond after the last answer: PING leaves
+# the app's memory alone, so that it keeps dirtying 1%/s, and the pacing
+# leaves the CPU to what is measured, as the stop-and-copy baseline runs
+# without a client; the longest wait for an answer is the pause as the
+# client sees it, to the millisecond, its TCP connection moving with the
+# app); 1: the relocation failed (it is counted and the rounds go on),
 # 2: the app is not in sync (the rounds stop).
 do_reloc() {
 	local to out lp gap rc=0 keep=() g
 	wait_until 180 "$RAPP in sync" in_sync n1 "$RAPP" 1 || return 2
 	to=$(app_field n1 node) # the clone, holding the newest epoch
-	setsid "$DOPPEL" --config "$CFG" bench load --addr "127.0.0.1:$RPORT" --request PING --conns 1 --duration 10m \
+	setsid "$DOPPEL" --config "$CFG" bench load --addr "127.0.0.1:$RPORT" --request PING --pace 1ms --conns 1 --duration 10m \
 		>"$TMP/reloc-load.out" 2>>"$TMP/reloc-load.log" </dev/null &
 	lp=$!
 	PGIDS+=("$lp")
@@ -489,7 +492,7 @@ pm_=$(printf '%s\n' "${reloc_ms[@]}" | median) nm_=$(printf '%s\n' "${naive_ms[@
 rm_=$pm_ rwhat="printed by doppel relocate (source frozen → target serving)"
 if [ "${#client_ms[@]}" -gt 0 ] && [ "${#client_ms[@]}" = "${#reloc_ms[@]}" ]; then
 	rm_=$(printf '%s\n' "${client_ms[@]}" | median)
-	rwhat="the longest wait for one answer of a client hammering the app with PINGs during the relocation (one connection, which moves with the app; doppel relocate printed [${reloc_ms[*]}] ms, source frozen → target serving)"
+	rwhat="the longest wait for one answer of a client sending a PING every millisecond during the relocation (one connection, which moves with the app; doppel relocate printed [${reloc_ms[*]}] ms, source frozen → target serving)"
 fi
 ROW[relocate]="$rm_|$nm_|$(ratio "$rm_" "$nm_")"
 note "relocation: pause = $rwhat, to the clone node; stop-and-copy = criu dump (app stopped) + tar of the images over the peer transport capped at the same rate + criu restore + first answer, images on tmpfs at both ends; nodes with --preset $PRESET; samples doppel [${client_ms[*]:-${reloc_ms[*]}}] naive [${naive_ms[*]}] ms; failed: $reloc_failed relocation(s), $naive_failed stop-and-copy; load at start $L"

@@ -164,11 +164,11 @@ func TestLoadAndFirstAnswer(t *testing.T) {
 	if res.Requests < 10 || res.Rate() <= 0 || res.Elapsed < 300*time.Millisecond {
 		t.Errorf("load: %+v (rate %.0f/s)", res, res.Rate())
 	}
-	pings, err := LoadWith(context.Background(), addr, "PING", 1, 200*time.Millisecond)
+	pings, err := LoadWith(context.Background(), addr, "PING", 1, 200*time.Millisecond, time.Millisecond)
 	if err != nil || pings.Requests < 10 || pings.MaxGap <= 0 {
 		t.Errorf("PING load: %+v, %v", pings, err)
 	}
-	if _, err := LoadWith(context.Background(), addr, "DIRTY", 1, time.Millisecond); err == nil {
+	if _, err := LoadWith(context.Background(), addr, "DIRTY", 1, time.Millisecond, 0); err == nil {
 		t.Error("a load of DIRTY requests was accepted")
 	}
 

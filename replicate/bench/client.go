@@ -33,13 +33,15 @@ func (r LoadResult) Rate() float64 {
 // answers. Any failed connection or unexpected answer ends it with an
 // error: throughput is only meaningful while the app serves every client.
 func Load(ctx context.Context, addr string, conns int, d time.Duration) (LoadResult, error) {
-	return LoadWith(ctx, addr, "WORK", conns, d)
+	return LoadWith(ctx, addr, "WORK", conns, d, 0)
 }
 
-// LoadWith is Load sending request (WORK or PING) instead of WORK. PING
-// changes nothing in the app's memory: it measures availability (the
-// longest wait for an answer) without adding to the app's dirty pages.
-func LoadWith(ctx context.Context, addr, request string, conns int, d time.Duration) (LoadResult, error) {
+// LoadWith is Load sending request (WORK or PING) instead of WORK, and
+// waiting pace between an answer and the next request on a connection.
+// PING changes nothing in the app's memory: paced, it measures
+// availability (the longest wait for an answer, to within pace) without
+// adding to the app's dirty pages or taking the CPU from what it measures.
+func LoadWith(ctx context.Context, addr, request string, conns int, d, pace time.Duration) (LoadResult, error) {
 	want := map[string]string{"WORK": "ok ", "PING": "pong"}[request]
 	if want == "" {
 		return LoadResult{}, fmt.Errorf("load: request %q: use WORK or PING", request)
@@ -77,7 +79,7 @@ func LoadWith(ctx context.Context, addr, request string, conns int, d time.Durat
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n, gap, err := loadConn(ctx, c, request, want)
+			n, gap, err := loadConn(ctx, c, request, want, pace)
 			mu.Lock()
 			defer mu.Unlock()
 			total += n
@@ -94,7 +96,7 @@ func LoadWith(ctx context.Context, addr, request string, conns int, d time.Durat
 
 // loadConn sends request on c until ctx ends; each answer must start with
 // want.
-func loadConn(ctx context.Context, c net.Conn, request, want string) (n int64, maxGap time.Duration, err error) {
+func loadConn(ctx context.Context, c net.Conn, request, want string, pace time.Duration) (n int64, maxGap time.Duration, err error) {
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	r := bufio.NewReader(c)
@@ -113,6 +115,12 @@ func loadConn(ctx context.Context, c net.Conn, request, want string) (n int64, m
 		}
 		n++
 		maxGap = max(maxGap, time.Since(sent))
+		if pace > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(pace):
+			}
+		}
 	}
 	return n, maxGap, nil
 }
