@@ -3,15 +3,12 @@ package bench
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -20,7 +17,6 @@ import (
 	"doppel/replicate"
 	rbench "doppel/replicate/bench"
 	"doppel/replicate/criu"
-	"doppel/replicate/freezer"
 )
 
 // RestoreConfig configures RawRestore, the baseline of a failover: what
@@ -107,72 +103,20 @@ func RawRestore(ctx context.Context, cfg RestoreConfig) (res *RestoreResult, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	work := cfg.WorkDir
-	if work == "" {
-		work = cfg.StateDir
-		if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-			work = "/dev/shm"
+	r, err := newRig("rawrestore", cfg.StateDir, cfg.WorkDir, cfg.CRIU, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := r.close("raw restore"); cerr != nil && err == nil {
+			err = cerr
 		}
-	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, err
-	}
-	stateDir, err := os.MkdirTemp(cfg.StateDir, "rawrestore-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(stateDir)
-	workDir, err := os.MkdirTemp(work, "doppel-rawrestore-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(workDir)
+	}()
+	e, drv, name, stateDir, workDir := r.e, r.drv, r.name, r.stateDir, r.workDir
 	imgDir := filepath.Join(workDir, "images")
 	if err := os.Mkdir(imgDir, 0o700); err != nil {
 		return nil, err
 	}
-
-	p, err := criu.Locate(cfg.CRIU.Path, cfg.CRIU.Prefix)
-	if err != nil {
-		return nil, err
-	}
-	ccfg := cfg.CRIU
-	ccfg.Path = p
-	drv, err := criu.New(ccfg)
-	if err != nil {
-		return nil, err
-	}
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	suffix := hex.EncodeToString(b[:])
-	ecfg := replicate.DefaultConfig()
-	ecfg.StateDir = stateDir
-	ecfg.WorkDir = workDir
-	ecfg.CRIU = ccfg
-	ecfg.Freezer.Parent = path.Join(freezer.DefaultConfig().Parent, "rawrestore-"+suffix)
-	e, err := replicate.New(ecfg, log)
-	if err != nil {
-		return nil, err
-	}
-	name := "rawrestore-" + suffix
-	var restored *os.Process
-	defer func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if restored != nil {
-			// The restored init of a new PID namespace: its tree dies
-			// with it.
-			_ = restored.Signal(syscall.SIGKILL)
-			_, _ = restored.Wait()
-		}
-		if serr := e.Stop(cctx, name); serr != nil && !errors.Is(serr, replicate.ErrNoApp) && err == nil {
-			err = fmt.Errorf("raw restore: stop app: %w", serr)
-		}
-		_ = e.Close()
-		if cerr := rbench.RemoveAppCgroup(ecfg.Freezer, name, 10*time.Second); cerr != nil && err == nil {
-			err = fmt.Errorf("raw restore: %w", cerr)
-		}
-	}()
 	st, err := e.Run(ctx, replicate.Spec{Name: name, Args: cfg.Args, Dir: stateDir})
 	if err != nil {
 		return nil, fmt.Errorf("raw restore: start app: %w", err)
@@ -212,7 +156,7 @@ func RawRestore(ctx context.Context, cfg RestoreConfig) (res *RestoreResult, err
 	if err != nil {
 		return nil, fmt.Errorf("raw restore: restore: %w", err)
 	}
-	restored = rr.Process
+	r.restored = rr.Process
 	up := time.Now()
 	res.Restore = rbench.Millis(up.Sub(gone))
 	for {

@@ -11,25 +11,20 @@ import (
 	"archive/tar"
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"doppel/node/peer"
 	"doppel/replicate"
 	rbench "doppel/replicate/bench"
 	"doppel/replicate/criu"
-	"doppel/replicate/freezer"
 )
 
 // Config configures StopAndCopy.
@@ -122,73 +117,22 @@ func StopAndCopy(ctx context.Context, cfg Config) (res *Result, err error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	work := cfg.WorkDir
-	if work == "" {
-		work = cfg.StateDir
-		if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
-			work = "/dev/shm"
+	r, err := newRig("naive", cfg.StateDir, cfg.WorkDir, cfg.CRIU, log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if cerr := r.close("stop-and-copy"); cerr != nil && err == nil {
+			err = cerr
 		}
-	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, err
-	}
-	stateDir, err := os.MkdirTemp(cfg.StateDir, "naive-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(stateDir)
-	workDir, err := os.MkdirTemp(work, "doppel-naive-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(workDir)
+	}()
+	e, drv, name, stateDir, workDir := r.e, r.drv, r.name, r.stateDir, r.workDir
 	dumpDir, recvDir := filepath.Join(workDir, "source"), filepath.Join(workDir, "target")
 	for _, d := range []string{dumpDir, recvDir} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return nil, err
 		}
 	}
-
-	p, err := criu.Locate(cfg.CRIU.Path, cfg.CRIU.Prefix)
-	if err != nil {
-		return nil, err
-	}
-	ccfg := cfg.CRIU
-	ccfg.Path = p
-	drv, err := criu.New(ccfg)
-	if err != nil {
-		return nil, err
-	}
-
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	suffix := hex.EncodeToString(b[:])
-	ecfg := replicate.DefaultConfig()
-	ecfg.StateDir = stateDir
-	ecfg.WorkDir = workDir
-	ecfg.CRIU = ccfg
-	ecfg.Freezer.Parent = path.Join(freezer.DefaultConfig().Parent, "naive-"+suffix)
-	e, err := replicate.New(ecfg, log)
-	if err != nil {
-		return nil, err
-	}
-	name := "naive-" + suffix
-	var restored *os.Process
-	defer func() {
-		cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer ccancel()
-		if restored != nil {
-			_ = restored.Signal(syscall.SIGKILL)
-			_, _ = restored.Wait()
-		}
-		if serr := e.Stop(cctx, name); serr != nil && !errors.Is(serr, replicate.ErrNoApp) && err == nil {
-			err = fmt.Errorf("stop-and-copy: stop app: %w", serr)
-		}
-		_ = e.Close()
-		if cerr := rbench.RemoveAppCgroup(ecfg.Freezer, name, 10*time.Second); cerr != nil && err == nil {
-			err = fmt.Errorf("stop-and-copy: %w", cerr)
-		}
-	}()
 	app := cfg.App
 	if app.Seed == 0 {
 		app.Seed = 1
@@ -243,7 +187,7 @@ func StopAndCopy(ctx context.Context, cfg Config) (res *Result, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("stop-and-copy: restore: %w", err)
 	}
-	restored = rr.Process
+	r.restored = rr.Process
 	up := time.Now()
 	res.Restore = rbench.Millis(up.Sub(sent))
 	if _, _, err := rbench.FirstAnswer(ctx, []string{addr}, time.Millisecond); err != nil {
