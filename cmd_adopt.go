@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -14,11 +12,7 @@ import (
 func newAdoptCmd(a *app) *cobra.Command {
 	var pid int
 	var name string
-	var data []string
-	var replicas int
-	var interval time.Duration
-	var wait time.Duration
-	var service, framing, journalMode, policy, health, vipAddr, vipDev string
+	var fl appFlags
 	cmd := &cobra.Command{
 		Use:   "adopt --pid N [--name NAME] [--replicas N] [--interval D] [--data PATH]... [--service LISTEN=TARGET]",
 		Short: "Take a running process tree under doppel and replicate it like run does",
@@ -43,55 +37,33 @@ func newAdoptCmd(a *app) *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			abs := make([]string, 0, len(data))
-			for _, p := range data {
-				ap, err := filepath.Abs(p)
-				if err != nil {
-					return err
-				}
-				abs = append(abs, ap)
+			abs, err := fl.dataPaths()
+			if err != nil {
+				return err
 			}
 			req := api.AdoptRequest{
 				Pid: pid, Name: name, DataPaths: abs,
-				Replicas: replicas, Interval: api.Duration(interval), Policy: policy, Health: health,
+				Replicas: fl.replicas, Interval: api.Duration(fl.interval), Policy: fl.policy, Health: fl.health,
 			}
-			if service != "" {
-				listen, target, ok := strings.Cut(service, "=")
-				if !ok || listen == "" || target == "" {
-					return usageError{fmt.Errorf("--service %q: use LISTEN=TARGET, e.g. :7000=127.0.0.1:8000", service)}
-				}
-				req.Service = &api.Service{Listen: listen, Target: target, Framing: framing, Journal: journalMode, VIP: vipAddr, VIPDev: vipDev}
-			} else if cmd.Flags().Changed("framing") || cmd.Flags().Changed("journal") || vipAddr != "" {
-				return usageError{fmt.Errorf("--framing, --journal and --vip need --service LISTEN=TARGET")}
+			if req.Service, err = fl.serviceSpec(cmd); err != nil {
+				return err
 			}
 			c := a.client(cmd)
 			info, err := c.Adopt(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			if wait > 0 {
-				if info, err = waitState(cmd.Context(), c, info.Name, wait, api.AppRunning); err != nil {
-					return err
-				}
+			if info, err = fl.awaitRunning(cmd.Context(), c, info); err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "pid %d adopted: %s %s on %s (init pid %d, term %d, %d clone(s) wanted, interval %s)\n",
-				pid, info.Name, info.State, info.OP, info.Pid, info.Term, replicas, time.Duration(info.Interval))
+				pid, info.Name, info.State, info.OP, info.Pid, info.Term, fl.replicas, time.Duration(info.Interval))
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&pid, "pid", 0, "root of the process tree to adopt")
 	f.StringVar(&name, "name", "", "app name (default: the process's command name)")
-	f.StringArrayVar(&data, "data", nil, "file or directory the app writes, replicated with every epoch (repeatable)")
-	f.IntVar(&replicas, "replicas", 1, "number of clones on other nodes")
-	f.DurationVar(&interval, "interval", 0, "time between epochs (default: checkpoint.interval)")
-	f.DurationVar(&wait, "wait", 30*time.Second, "wait this long for the app to run (0: return at once)")
-	f.StringVar(&service, "service", "", "LISTEN=TARGET: clients connect to LISTEN on the OP node, doppel journals their messages and forwards them to the app at TARGET")
-	f.StringVar(&framing, "framing", "line", "how the service cuts messages: line, len32 or raw")
-	f.StringVar(&journalMode, "journal", "sync", "service journal: sync (forward once a clone stored it), async, or off")
-	f.StringVar(&health, "health", "", "health check: tcp:HOST:PORT, http://HOST:PORT/PATH or cmd:COMMAND; 3 failures in a row count as the app dying")
-	f.StringVar(&vipAddr, "vip", "", "floating service address ADDR/PREFIX moved with the OP (needs --vip-dev)")
-	f.StringVar(&vipDev, "vip-dev", "", "network device of each node that carries the --vip address")
-	f.StringVar(&policy, "policy", "restart", "when the app dies by itself: restart (restore it from its newest epoch), failover (promote a clone), none")
+	fl.bind(cmd)
 	return cmd
 }

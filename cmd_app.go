@@ -37,12 +37,8 @@ func (a *app) client(cmd *cobra.Command) *api.Client {
 }
 
 func newRunCmd(a *app) *cobra.Command {
-	var data []string
 	var dir string
-	var replicas int
-	var interval time.Duration
-	var wait time.Duration
-	var service, framing, journalMode, policy, health, vipAddr, vipDev string
+	var fl appFlags
 	cmd := &cobra.Command{
 		Use:   "run NAME [--replicas N] [--interval D] [--data PATH]... [--service LISTEN=TARGET] -- CMD [ARGS...]",
 		Short: "Start an application under doppel and replicate it to N clones",
@@ -63,13 +59,9 @@ func newRunCmd(a *app) *cobra.Command {
 				}
 				dir = wd
 			}
-			abs := make([]string, 0, len(data))
-			for _, p := range data {
-				ap, err := filepath.Abs(p)
-				if err != nil {
-					return err
-				}
-				abs = append(abs, ap)
+			abs, err := fl.dataPaths()
+			if err != nil {
+				return err
 			}
 			dirAbs, err := filepath.Abs(dir)
 			if err != nil {
@@ -77,45 +69,26 @@ func newRunCmd(a *app) *cobra.Command {
 			}
 			req := api.RunRequest{
 				Name: args[0], Args: args[1:], Dir: dirAbs, Env: os.Environ(), DataPaths: abs,
-				Replicas: replicas, Interval: api.Duration(interval), Policy: policy, Health: health,
+				Replicas: fl.replicas, Interval: api.Duration(fl.interval), Policy: fl.policy, Health: fl.health,
 			}
-			if service != "" {
-				listen, target, ok := strings.Cut(service, "=")
-				if !ok || listen == "" || target == "" {
-					return usageError{fmt.Errorf("--service %q: use LISTEN=TARGET, e.g. :7000=127.0.0.1:8000", service)}
-				}
-				req.Service = &api.Service{Listen: listen, Target: target, Framing: framing, Journal: journalMode, VIP: vipAddr, VIPDev: vipDev}
-			} else if cmd.Flags().Changed("framing") || cmd.Flags().Changed("journal") || vipAddr != "" {
-				return usageError{fmt.Errorf("--framing, --journal and --vip need --service LISTEN=TARGET")}
+			if req.Service, err = fl.serviceSpec(cmd); err != nil {
+				return err
 			}
 			c := a.client(cmd)
 			info, err := c.Run(cmd.Context(), req)
 			if err != nil {
 				return err
 			}
-			if wait > 0 {
-				if info, err = waitState(cmd.Context(), c, info.Name, wait, api.AppRunning); err != nil {
-					return err
-				}
+			if info, err = fl.awaitRunning(cmd.Context(), c, info); err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s on %s (term %d, %d clone(s) wanted, interval %s)\n",
-				info.Name, info.State, info.OP, info.Term, replicas, time.Duration(info.Interval))
+				info.Name, info.State, info.OP, info.Term, fl.replicas, time.Duration(info.Interval))
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringArrayVar(&data, "data", nil, "file or directory the app writes, replicated with every epoch (repeatable)")
-	f.StringVar(&dir, "dir", "", "working directory (default: the current one)")
-	f.IntVar(&replicas, "replicas", 1, "number of clones on other nodes")
-	f.DurationVar(&interval, "interval", 0, "time between epochs (default: checkpoint.interval)")
-	f.DurationVar(&wait, "wait", 30*time.Second, "wait this long for the app to run (0: return at once)")
-	f.StringVar(&service, "service", "", "LISTEN=TARGET: clients connect to LISTEN on the OP node, doppel journals their messages and forwards them to the app at TARGET")
-	f.StringVar(&framing, "framing", "line", "how the service cuts messages: line, len32 or raw")
-	f.StringVar(&journalMode, "journal", "sync", "service journal: sync (forward once a clone stored it), async, or off")
-	f.StringVar(&health, "health", "", "health check: tcp:HOST:PORT, http://HOST:PORT/PATH or cmd:COMMAND; 3 failures in a row count as the app dying")
-	f.StringVar(&vipAddr, "vip", "", "floating service address ADDR/PREFIX moved with the OP (needs --vip-dev)")
-	f.StringVar(&vipDev, "vip-dev", "", "network device of each node that carries the --vip address")
-	f.StringVar(&policy, "policy", "restart", "when the app dies by itself: restart (restore it from its newest epoch), failover (promote a clone), none")
+	fl.bind(cmd)
+	cmd.Flags().StringVar(&dir, "dir", "", "working directory (default: the current one)")
 	return cmd
 }
 
