@@ -72,6 +72,11 @@ type Config struct {
 	// of pipes. It costs one readlink per descriptor on the machine.
 	OutsideHolders bool
 
+	// ShellJob says the dump will be taken as CRIU's --shell-job (as an
+	// adoption's is): a root that is not a session leader is then no
+	// blocker.
+	ShellJob bool
+
 	// GhostLimit is the size above which a deleted file that is still
 	// open cannot be dumped. It mirrors CRIU's --ghost-limit (1 MiB by
 	// default); set it to the value the checkpoint engine passes.

@@ -43,7 +43,7 @@
 // (see verdict.go, which names the CRIU function behind each rule):
 // character devices other than the memory devices, tun and terminals,
 // block devices, io_uring and unknown anonymous inodes, traced tasks, a
-// root that is not a session leader, [uprobes] and device mappings, UNIX
+// root that is not a session leader (unless Config.ShellJob), [uprobes] and device mappings, UNIX
 // stream connections to a peer outside the tree, and pipes or sockets
 // shared with a process outside the tree are blockers; external TCP peers,
 // pending TCP connections, files written outside Config.DataPaths, POSIX

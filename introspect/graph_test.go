@@ -169,3 +169,25 @@ func TestWriteDOT(t *testing.T) {
 		}
 	}
 }
+
+// TestShellJobLiftsOnlyTheSessionBlocker: with Config.ShellJob (a dump
+// with --shell-job, as adoption takes) a root that is not a session leader
+// is no blocker, while another blocker of the same process still is.
+func TestShellJobLiftsOnlyTheSessionBlocker(t *testing.T) {
+	judge := func(shellJob bool, tracer int) Verdict {
+		s := &scanner{cfg: DefaultConfig(), g: &Graph{Root: 10}}
+		s.cfg.ShellJob = shellJob
+		n := &Node{ID: ProcessID(10), Kind: KindProcess, Process: &Process{PID: 10, SID: 3, TracerPID: tracer, NSPID: []int{10, 1}}}
+		s.judgeProcess(n)
+		return n.Verdict
+	}
+	if v := judge(false, 0); v.Level != LevelBlocker || !strings.Contains(v.Reason, "session leader") {
+		t.Errorf("without ShellJob: %+v, want the session blocker", v)
+	}
+	if v := judge(true, 0); v.Level == LevelBlocker {
+		t.Errorf("with ShellJob: %+v, want no blocker", v)
+	}
+	if v := judge(true, 7); v.Level != LevelBlocker || !strings.Contains(v.Reason, "traced by pid 7") || strings.Contains(v.Reason, "session leader") {
+		t.Errorf("traced, with ShellJob: %+v, want the ptrace blocker only", v)
+	}
+}

@@ -86,7 +86,7 @@ func (s *scanner) judgeProcess(n *Node) {
 		v.raise(LevelBlocker, fmt.Sprintf("traced by pid %d (ptrace): CRIU cannot seize a traced task", p.TracerPID))
 	}
 	if p.PID == s.g.Root {
-		if p.SID != p.PID {
+		if p.SID != p.PID && !s.cfg.ShellJob {
 			// pstree.c dump_pstree: "The root process is not a session leader".
 			v.raise(LevelBlocker, fmt.Sprintf("root is not a session leader (sid %d): CRIU refuses without --shell-job; start the app with setsid", p.SID))
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,11 +97,12 @@ func (e *Engine) Adopt(ctx context.Context, opts AdoptOptions) (*AppState, error
 	// Preflight: a blocker must stop us before the dump ends the tree.
 	icfg := e.cfg.Introspect
 	icfg.DataPaths = dataPaths
+	icfg.ShellJob = true // adoption dumps with --shell-job, restores into the init's session
 	g, err := introspect.Scan(ctx, pid, icfg)
 	if err != nil {
 		return nil, fmt.Errorf("adopt pid %d: %w", pid, err)
 	}
-	if err := adoptBlockers(g); err != nil {
+	if err := g.Check(); err != nil {
 		return nil, fmt.Errorf("adopt pid %d: %w", pid, err)
 	}
 
@@ -282,36 +282,6 @@ func (e *Engine) adoptable(pid int) error {
 		}
 	}
 	return nil
-}
-
-// sessionReason is introspect's verdict on a root that is not a session
-// leader (introspect/verdict.go), with the "; " that joins it to others.
-var sessionReason = regexp.MustCompile(`(; )?root is not a session leader \(sid \d+\): CRIU refuses without --shell-job; start the app with setsid`)
-
-// adoptBlockers is the graph's Check, except that a root that is not a
-// session leader is fine: adoption dumps with --shell-job and restores the
-// tree into the init's session.
-func adoptBlockers(g *introspect.Graph) error {
-	var bl []introspect.Finding
-	for _, f := range g.Preflight() {
-		if f.Level != introspect.LevelBlocker {
-			continue
-		}
-		if f.Kind == introspect.KindProcess {
-			// A process's verdict joins its reasons with "; ": only the
-			// session one is dropped, any other blocker stays.
-			rest := strings.Trim(sessionReason.ReplaceAllString(f.Reason, ""), "; ")
-			if rest == "" {
-				continue
-			}
-			f.Reason = rest
-		}
-		bl = append(bl, f)
-	}
-	if len(bl) == 0 {
-		return nil
-	}
-	return &introspect.BlockedError{Blockers: bl}
 }
 
 // adoptDriver returns a CRIU driver for adoption (see criu.AdoptRestoreArgs):
