@@ -529,9 +529,8 @@ func (e *Engine) stageInit(r io.Reader, size int64, sum string) (string, error) 
 // placeInit puts the init binary at the path the epoch's images name, unless
 // an identical one is there already.
 func placeInit(tmp, path, sum string) error {
-	if b, err := os.ReadFile(path); err == nil {
-		s := sha256.Sum256(b)
-		if hex.EncodeToString(s[:]) == sum {
+	if got, err := initSum(path); err == nil {
+		if got == sum {
 			return nil
 		}
 		return fmt.Errorf("import: %s exists with other content than the app's init (sha256 %s)", path, sum)
