@@ -43,8 +43,9 @@
 // (see verdict.go, which names the CRIU function behind each rule):
 // character devices other than the memory devices, tun and terminals,
 // block devices, io_uring and unknown anonymous inodes, traced tasks, a
-// root that is not a session leader (unless Config.ShellJob), [uprobes] and device mappings, UNIX
-// stream connections to a peer outside the tree, and pipes or sockets
+// root that is not a session leader (unless Config.ShellJob), a process
+// whose session has no leader in its PID namespace (sid 0), [uprobes] and
+// device mappings, UNIX stream connections to a peer outside the tree, and pipes or sockets
 // shared with a process outside the tree are blockers; external TCP peers,
 // pending TCP connections, files written outside Config.DataPaths, POSIX
 // shared memory, SysV IPC outside an own IPC namespace, pipes whose other

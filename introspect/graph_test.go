@@ -191,3 +191,20 @@ func TestShellJobLiftsOnlyTheSessionBlocker(t *testing.T) {
 		t.Errorf("traced, with ShellJob: %+v, want the ptrace blocker only", v)
 	}
 }
+
+// TestSessionZeroIsABlocker: a process whose session has no leader in its
+// PID namespace (sid 0 in /proc) cannot be dumped, --shell-job or not, root
+// or not.
+func TestSessionZeroIsABlocker(t *testing.T) {
+	for _, shellJob := range []bool{false, true} {
+		for _, pid := range []int{10, 11} {
+			s := &scanner{cfg: DefaultConfig(), g: &Graph{Root: 10}}
+			s.cfg.ShellJob = shellJob
+			n := &Node{ID: ProcessID(pid), Kind: KindProcess, Process: &Process{PID: pid, SID: 0, NSPID: []int{pid}}}
+			s.judgeProcess(n)
+			if n.Verdict.Level != LevelBlocker || !strings.Contains(n.Verdict.Reason, "sid 0") || !strings.Contains(n.Verdict.Reason, "setsid") {
+				t.Errorf("pid %d (root 10), ShellJob %v: %+v, want the sid 0 blocker", pid, shellJob, n.Verdict)
+			}
+		}
+	}
+}

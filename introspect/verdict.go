@@ -85,11 +85,17 @@ func (s *scanner) judgeProcess(n *Node) {
 		// compel's seize: a task that is already traced cannot be seized.
 		v.raise(LevelBlocker, fmt.Sprintf("traced by pid %d (ptrace): CRIU cannot seize a traced task", p.TracerPID))
 	}
+	if p.SID == 0 {
+		// cr-dump.c: "A session leader of %d(%d) is outside of its pid
+		// namespace", with or without --shell-job. /proc shows sid 0 when
+		// the session's leader is not visible from this PID namespace, and
+		// for a descendant of a PID 1 that never called setsid.
+		v.raise(LevelBlocker, "its session (sid 0) has no leader in this PID namespace: CRIU cannot dump it; start the app with setsid")
+	} else if p.PID == s.g.Root && p.SID != p.PID && !s.cfg.ShellJob {
+		// pstree.c dump_pstree: "The root process is not a session leader".
+		v.raise(LevelBlocker, fmt.Sprintf("root is not a session leader (sid %d): CRIU refuses without --shell-job; start the app with setsid", p.SID))
+	}
 	if p.PID == s.g.Root {
-		if p.SID != p.PID && !s.cfg.ShellJob {
-			// pstree.c dump_pstree: "The root process is not a session leader".
-			v.raise(LevelBlocker, fmt.Sprintf("root is not a session leader (sid %d): CRIU refuses without --shell-job; start the app with setsid", p.SID))
-		}
 		if len(p.NSPID) < 2 || p.NSPID[len(p.NSPID)-1] != 1 {
 			v.raise(LevelWarn, "not the init of its own PID namespace: restore needs the same PIDs free on the target")
 		}

@@ -40,7 +40,7 @@ func TestE2EAdopt(t *testing.T) {
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = shim.WithoutMPTCP(os.Environ())
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // as a daemon: CRIU cannot dump a session with no leader (sid 0)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -36,17 +36,32 @@ type hostApp struct {
 	done  chan struct{}
 }
 
-// startHostApp builds (once) and starts testdata/adoptapp as a child of
-// the test, outside any doppel namespace, with its output in files, and
-// waits for it to be ready. Whatever is left of it is killed at the end.
-func startHostApp(t *testing.T) *hostApp {
-	t.Helper()
-	return startHostAppWith(t, nil)
+// hostAppOptions say how startHostAppWith starts the test program.
+type hostAppOptions struct {
+	// shell runs the tree as a job of a session whose leader (standing for
+	// a login shell) is outside it, so its root is no session leader;
+	// otherwise the root leads a session of its own, as a daemon does.
+	shell bool
+	// change, when set, is applied to the command before it starts.
+	change func(*exec.Cmd)
 }
 
-// startHostAppWith is startHostApp with a change to the command before it
-// starts.
-func startHostAppWith(t *testing.T, change func(*exec.Cmd)) *hostApp {
+// startHostApp builds (once) and starts testdata/adoptapp as a child of
+// the test, outside any doppel namespace, in a session of its own, with its
+// output in files, and waits for it to be ready. Whatever is left of it is
+// killed at the end.
+func startHostApp(t *testing.T) *hostApp {
+	t.Helper()
+	return startHostAppWith(t, hostAppOptions{})
+}
+
+// startHostAppWith is startHostApp with options.
+//
+// A session of its own is not a detail: CRIU cannot dump a process whose
+// session has no leader in its PID namespace (sid 0), which is what a
+// child of the test inherits where the test runs under a PID 1 that never
+// called setsid.
+func startHostAppWith(t *testing.T, o hostAppOptions) *hostApp {
 	t.Helper()
 	adoptAppOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "doppel-adoptapp-")
@@ -80,21 +95,29 @@ func startHostAppWith(t *testing.T, change func(*exec.Cmd)) *hostApp {
 	a.cmd.Dir = dir
 	a.cmd.Env = append(os.Environ(), "APP_DATA="+a.data)
 	a.cmd.Stdout, a.cmd.Stderr = out, out
-	// Its own process group, so that no signal of the test's reaches it.
-	a.cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true}
-	if change != nil {
-		change(a.cmd)
+	if o.shell {
+		// The "shell" makes the session; the tree gets a process group.
+		a.cmd.Env = append(a.cmd.Env, "ADOPTAPP_SHELL=1")
+	} else {
+		// A session of its own, so that no signal of the test's reaches it.
+		a.cmd.SysProcAttr = &unix.SysProcAttr{Setsid: true}
+	}
+	if o.change != nil {
+		o.change(a.cmd)
 	}
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = a.cmd.Wait(); close(a.done) }()
-	a.pid = a.cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = unix.Kill(a.child, unix.SIGKILL)
+		_ = unix.Kill(a.pid, unix.SIGKILL)
+		_ = a.cmd.Process.Kill()
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for a.nonce == "" {
 		b, _ := os.ReadFile(a.out)
-		var pid int
-		if n, _ := fmt.Sscanf(string(b), "ready pid=%d child=%d nonce=%s", &pid, &a.child, &a.nonce); n != 3 {
+		if n, _ := fmt.Sscanf(string(b), "ready pid=%d child=%d nonce=%s", &a.pid, &a.child, &a.nonce); n != 3 {
 			a.nonce = ""
 			if time.Now().After(deadline) {
 				t.Fatalf("adoptapp not ready: %q", b)
@@ -102,14 +125,38 @@ func startHostAppWith(t *testing.T, change func(*exec.Cmd)) *hostApp {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	if o.shell {
+		// The shell hands the output over once the job runs.
+		for shellHolds(a.cmd.Process.Pid, a.out) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the session leader %d still holds %s", a.cmd.Process.Pid, a.out)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if sid, _ := unix.Getsid(a.pid); sid != a.cmd.Process.Pid {
+			t.Fatalf("adoptapp %d is in session %d, want its shell's %d", a.pid, sid, a.cmd.Process.Pid)
+		}
+	} else if a.pid != a.cmd.Process.Pid {
+		t.Fatalf("adoptapp says it is pid %d, started as %d", a.pid, a.cmd.Process.Pid)
+	}
 	// The dump kills the child too; as an orphan it comes to this process
 	// (a child subreaper), which must reap it to free its PID.
 	go reapOrphan(a.child)
-	t.Cleanup(func() {
-		_ = unix.Kill(a.child, unix.SIGKILL)
-		_ = unix.Kill(a.pid, unix.SIGKILL)
-	})
 	return a
+}
+
+// shellHolds says whether pid has path open.
+func shellHolds(pid int, path string) bool {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if p, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); p == path {
+			return true
+		}
+	}
+	return false
 }
 
 // reapOrphan reaps pid once it has become this process's child and ended.
@@ -199,11 +246,18 @@ func nsPid(t *testing.T, pid int) int {
 // namespace is adopted: it runs on in a PID namespace of its own under the
 // init, with its old PIDs and its state; then an epoch of it is restored
 // after a kill, and another one is exported and imported by a second
-// engine, each time continuing from the epoch.
+// engine, each time continuing from the epoch. The tree is once a daemon
+// (its root leads its session) and once a job started from a shell (its
+// root does not, and CRIU takes it as a shell job).
 func TestAdoptThenCheckpointKillRestore(t *testing.T) {
 	requireE2E(t)
+	t.Run("own session", func(t *testing.T) { adoptCheckpointKillRestore(t, hostAppOptions{}) })
+	t.Run("shell job", func(t *testing.T) { adoptCheckpointKillRestore(t, hostAppOptions{shell: true}) })
+}
+
+func adoptCheckpointKillRestore(t *testing.T, o hostAppOptions) {
 	e := newEngine(t, t.TempDir(), nil)
-	a := startHostApp(t)
+	a := startHostAppWith(t, o)
 	before := a.waitCounter(t, 5)
 	name := uniqueName("adopt")
 	killAppAtEnd(t, name)
@@ -366,7 +420,7 @@ func TestAdoptBlockedRunsOn(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	a := startHostAppWith(t, func(cmd *exec.Cmd) { cmd.ExtraFiles = []*os.File{w} })
+	a := startHostAppWith(t, hostAppOptions{change: func(cmd *exec.Cmd) { cmd.ExtraFiles = []*os.File{w} }})
 	before := a.waitCounter(t, 5)
 	_, err = e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: uniqueName("blocked")})
 	if !errors.Is(err, introspect.ErrBlocked) || !strings.Contains(err.Error(), "outside the tree") {
@@ -377,4 +431,17 @@ func TestAdoptBlockedRunsOn(t *testing.T) {
 		t.Fatalf("pid %d: alive %v, PID namespace %s, want the host's %s", a.pid, alive(a.pid), got, want)
 	}
 	a.waitCounter(t, before+5)
+
+	// Where the test itself has no session leader in its PID namespace
+	// (run by a PID 1 that never called setsid), a tree that did not call
+	// setsid either cannot be dumped: preflight says so first.
+	if sid, _ := unix.Getsid(0); sid == 0 {
+		a := startHostAppWith(t, hostAppOptions{change: func(cmd *exec.Cmd) { cmd.SysProcAttr = &unix.SysProcAttr{Setpgid: true} }})
+		_, err = e.Adopt(t.Context(), AdoptOptions{Pid: a.pid, Name: uniqueName("nosession")})
+		if !errors.Is(err, introspect.ErrBlocked) || !strings.Contains(err.Error(), "sid 0") {
+			t.Fatalf("Adopt of a tree in session 0: %v, want the sid 0 blocker", err)
+		}
+		t.Log(err)
+		a.waitCounter(t, 5)
+	}
 }

@@ -6,6 +6,11 @@
 // gap as long as memory, pipe and file all survive.
 //
 // When ready the parent prints "ready pid=PID child=PID nonce=NONCE".
+//
+// With ADOPTAPP_SHELL=1 it first becomes a session leader standing for a
+// login shell and starts the tree as a job of that session (a process
+// group of its own, not the session's leader), hands its output over and
+// keeps nothing of the tree's open; it exits with the tree's root.
 package main
 
 import (
@@ -15,12 +20,20 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "child" {
 		child()
+		return
+	}
+	if os.Getenv("ADOPTAPP_SHELL") == "1" {
+		shell()
 		return
 	}
 	tick := 20 * time.Millisecond
@@ -66,6 +79,32 @@ func child() {
 		}
 	}
 	fail(fmt.Errorf("pipe closed: %v", sc.Err()))
+}
+
+// shell runs the tree as a job of a session this process leads.
+func shell() {
+	if _, err := unix.Setsid(); err != nil {
+		fail(fmt.Errorf("setsid: %w", err))
+	}
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(v string) bool { return v == "ADOPTAPP_SHELL=1" })
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		fail(err)
+	}
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		fail(err)
+	}
+	for fd := 0; fd <= 2; fd++ {
+		if err := unix.Dup2(int(null.Fd()), fd); err != nil {
+			fail(err)
+		}
+	}
+	null.Close()
+	_ = cmd.Wait()
+	os.Exit(0)
 }
 
 func fail(err error) {
