@@ -500,7 +500,7 @@ func (e *Engine) kill(ctx context.Context, st *AppState) error {
 	for st.Running() {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("app %s pid %d did not exit after SIGKILL: %w", name, st.Pid, ctx.Err())
+			return fmt.Errorf("app %s pid %d did not exit after SIGKILL: %w (%s)", name, st.Pid, ctx.Err(), describeTasks(treePids(st.Pid, cg)))
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

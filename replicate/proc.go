@@ -203,3 +203,26 @@ func killedPid(pids []int) int {
 	}
 	return 0
 }
+
+// describeTasks says, for an error, in which state each of pids is and
+// where in the kernel it waits: "pid 12 (app) D in do_exit, ...".
+func describeTasks(pids []int) string {
+	var b strings.Builder
+	for i, pid := range pids {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		f, ok := procStat(pid)
+		if !ok || len(f) == 0 {
+			fmt.Fprintf(&b, "pid %d gone", pid)
+			continue
+		}
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		wchan, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/wchan")
+		fmt.Fprintf(&b, "pid %d (%s) %s", pid, strings.TrimSpace(string(comm)), f[0])
+		if w := strings.TrimSpace(string(wchan)); w != "" && w != "0" {
+			b.WriteString(" in " + w)
+		}
+	}
+	return b.String()
+}

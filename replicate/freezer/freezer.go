@@ -103,34 +103,106 @@ func (c *Cgroup) Pids() ([]int, error) {
 // Freeze stops every process of the cgroup and returns once the kernel
 // reports them all frozen, or an error (after thawing again) when ctx ends
 // first.
+//
+// A task waiting for its vfork child to exec cannot be frozen for good:
+// if the child is frozen first, a cgroup v1 freezer stays FREEZING, and
+// cgroup v2 counts the waiter as frozen though CRIU cannot seize it (it
+// sleeps uninterruptibly until the child execs). So when a task of the
+// tree waits so, Freeze thaws the tree for a moment, long enough for the
+// child to exec, and freezes it again, until none does or ctx ends. A
+// cgroup that is frozen already when Freeze is called is left as it is.
 func (c *Cgroup) Freeze(ctx context.Context) error {
-	if err := c.set(true); err != nil {
+	if frozen, err := c.Frozen(); err != nil {
 		return err
+	} else if frozen {
+		return nil
 	}
+	backoff := time.Millisecond
+	for {
+		waiting, err := c.freezeOnce(ctx)
+		if err != nil || len(waiting) == 0 {
+			return err
+		}
+		_ = c.Thaw()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("freezer: %s did not freeze: %s keeps waiting for a vfork child to exec: %w", c.Path, strings.Join(waiting, ", "), ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 20*time.Millisecond)
+	}
+}
+
+// vforkCheckAfter is how long a freeze may take before Freeze looks for a
+// task in vfork wait that holds it up.
+const vforkCheckAfter = 2 * time.Millisecond
+
+// freezeOnce asks the kernel to freeze the cgroup and waits until it says
+// so, or until a task in vfork wait holds the freeze up (it returns such
+// tasks, the cgroup not thawed), or thaws again when ctx ends first.
+func (c *Cgroup) freezeOnce(ctx context.Context) ([]string, error) {
+	if err := c.set(true); err != nil {
+		return nil, err
+	}
+	start := time.Now()
 	for {
 		frozen, err := c.Frozen()
 		if err != nil {
 			_ = c.Thaw()
-			return err
+			return nil, err
 		}
-		if frozen {
-			return nil
+		if frozen || time.Since(start) >= vforkCheckAfter {
+			if w := c.vforkWaiters(); len(w) > 0 || frozen {
+				return w, nil
+			}
 		}
 		// A v1 freezer can stall in FREEZING: writing FROZEN again retries.
 		// A v2 freezer converges by itself.
 		if !c.v2 {
 			if err := c.set(true); err != nil {
 				_ = c.Thaw()
-				return err
+				return nil, err
 			}
 		}
 		select {
 		case <-ctx.Done():
 			_ = c.Thaw()
-			return fmt.Errorf("freezer: %s did not freeze: %w", c.Path, ctx.Err())
+			return nil, fmt.Errorf("freezer: %s did not freeze: %w", c.Path, ctx.Err())
 		case <-time.After(c.poll):
 		}
 	}
+}
+
+// vforkWaiters lists the threads of the cgroup that wait for a vfork child
+// to exec, as "tid N (comm)": those stopped inside a clone-family system
+// call anywhere but in the freezer's own sleep (where a child that has
+// just returned from one waits).
+func (c *Cgroup) vforkWaiters() []string {
+	file := "tasks"
+	if c.v2 {
+		file = "cgroup.threads"
+	}
+	b, err := os.ReadFile(filepath.Join(c.Path, file))
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, tid := range strings.Fields(string(b)) {
+		sc, err := os.ReadFile("/proc/" + tid + "/syscall")
+		if err != nil {
+			continue
+		}
+		nr, _, _ := strings.Cut(string(sc), " ")
+		if n, err := strconv.Atoi(nr); err != nil || !isCloneSyscall(n) {
+			continue
+		}
+		if w, _ := os.ReadFile("/proc/" + tid + "/wchan"); string(w) == "__refrigerator" {
+			continue
+		}
+		comm, _ := os.ReadFile("/proc/" + tid + "/comm")
+		out = append(out, "tid "+tid+" ("+strings.TrimSpace(string(comm))+")")
+	}
+	return out
 }
 
 // Thaw resumes every process of the cgroup.

@@ -99,3 +99,62 @@ func TestUnsupported(t *testing.T) {
 		t.Fatal("Open on an empty root succeeded")
 	}
 }
+
+// TestMain lets the test binary stand in for an app that keeps starting
+// programs (os/exec, that is vfork), when FREEZER_TEST_VFORK is set.
+func TestMain(m *testing.M) {
+	if os.Getenv("FREEZER_TEST_VFORK") == "1" {
+		for {
+			_ = exec.Command("/bin/true").Run()
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// TestFreezeSettlesVfork: a tree that keeps starting programs is often
+// caught with a task waiting for its vfork child to exec (a v1 freezer then
+// stays FREEZING; v2 counts the task frozen though CRIU cannot seize it);
+// Freeze returns only once the tree is frozen and no task of it waits so.
+func TestFreezeSettlesVfork(t *testing.T) {
+	cg := openOrSkip(t)
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Env = append(os.Environ(), "FREEZER_TEST_VFORK=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cg.Thaw(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if err := cg.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	caught := 0 // freezes of the kernel alone that left a task in vfork wait
+	for i := 0; i < 200; i++ {
+		waiting, err := cg.freezeOnce(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(waiting) > 0 {
+			caught++
+		}
+		if err := cg.Thaw(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cg.Freeze(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if f, err := cg.Frozen(); err != nil || !f {
+			t.Fatalf("freeze %d: Frozen = %v, %v after Freeze", i, f, err)
+		}
+		if w := cg.vforkWaiters(); len(w) > 0 {
+			t.Fatalf("freeze %d: Freeze returned with %v waiting for a vfork child", i, w)
+		}
+		if err := cg.Thaw(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("the kernel's freeze alone left a task in vfork wait %d times in 200", caught)
+	if caught == 0 {
+		t.Errorf("no freeze caught a task in vfork wait: the test did not exercise Freeze's retry")
+	}
+}

@@ -1,0 +1,5 @@
+package freezer
+
+import "golang.org/x/sys/unix"
+
+const sysVfork = unix.SYS_VFORK
