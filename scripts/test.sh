@@ -36,8 +36,19 @@ if [ "$rc" = 0 ] && [ "${DOPPEL_FUZZTIME:-20s}" != 0 ]; then
 fi
 
 if [ "$rc" != 0 ]; then
-	echo "test: output of the failures:"
-	grep -B2 -A40 -E '^\s*--- FAIL|^panic:|^FAIL\s' "$log" | grep -vE '^\s*--- PASS|^=== RUN' | head -400
+	echo "test: output of the failures (each failed test's own lines, its last 120):"
+	# A failed test's messages come between its "=== RUN" and its
+	# "--- FAIL" line.
+	for name in $(grep -oE '^\s*--- FAIL: [^ ]+' "$log" | awk '{print $3}' | sort -u); do
+		echo "test: --- $name"
+		awk -v n="$name" '
+			$0 ~ "^=== (RUN|CONT|PAUSE)[ \t]+" n "$" { buf = ""; on = 1; next }
+			$0 ~ "^[ \t]*--- FAIL: " n " " { if (on) printf "%s", buf; on = 0; exit }
+			on { buf = buf $0 "\n" }
+		' "$log" | tail -n 120
+	done
+	grep -A40 -E '^panic:' "$log" | head -80 || true
+	grep -E '^FAIL\s' "$log" || true
 fi
 passed=$(grep -cE '^\s*--- PASS' "$log" || true)
 failed=$(grep -cE '^\s*--- FAIL' "$log" || true)

@@ -538,10 +538,47 @@ func (d *daemon) stop(t testing.TB) {
 			t.Errorf("%s did not shut down cleanly on SIGTERM: %v\n%s", d.Name, p.err, d.logTail(40))
 		}
 	case <-time.After(20 * time.Second):
-		t.Errorf("%s still runs 20 s after SIGTERM\n%s", d.Name, d.logTail(40))
-		_ = p.cmd.Process.Kill()
-		<-p.exited
+		// SIGQUIT makes the Go runtime print every goroutine to the log
+		// and exit: where the shutdown hangs.
+		size := d.logSize()
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.exited:
+		case <-time.After(5 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		}
+		t.Errorf("%s still runs 20 s after SIGTERM\n%s\ngoroutines at SIGQUIT:\n%s", d.Name, d.logTail(40), d.goroutines(size))
 	}
+}
+
+// logSize is the size of the node's log now.
+func (d *daemon) logSize() int64 {
+	fi, err := os.Stat(d.LogPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// goroutines returns the goroutine dump written to the node's log after
+// offset from, without the runtime's own goroutines, at most 400 lines.
+func (d *daemon) goroutines(from int64) string {
+	b, _ := os.ReadFile(d.LogPath)
+	if from > int64(len(b)) {
+		from = 0
+	}
+	var out []string
+	for _, g := range strings.Split(string(b[from:]), "\n\n") {
+		if strings.HasPrefix(g, "goroutine ") && !strings.Contains(g, "doppel/") && !strings.Contains(g, "hashicorp/") {
+			continue
+		}
+		out = append(out, strings.Split(g, "\n")...)
+	}
+	if len(out) > 400 {
+		out = out[:400]
+	}
+	return strings.Join(out, "\n")
 }
 
 // logTail returns the last n lines of the node's log.
