@@ -16,6 +16,7 @@ unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go')
 [ -z "$unformatted" ] || { echo "test: gofmt would change: $unformatted" >&2; exit 1; }
 
 log=$(mktemp /tmp/doppel-test.XXXXXX)
+kept=/tmp/doppel-test-failed.log # the whole log, kept when a test fails
 trap 'rm -f "$log"' EXIT
 echo "test: go test ./... $*"
 set +e
@@ -36,17 +37,23 @@ if [ "$rc" = 0 ] && [ "${DOPPEL_FUZZTIME:-20s}" != 0 ]; then
 fi
 
 if [ "$rc" != 0 ]; then
-	echo "test: output of the failures (each failed test's own lines, its last 120):"
-	# A failed test's messages come between its "=== RUN" and its
-	# "--- FAIL" line.
+	echo "test: output of the failures (the whole log: $kept)"
+	cp "$log" "$kept"
+	# A failed test's lines come between its "=== RUN" and its "--- FAIL"
+	# line: first its own messages (file_test.go:N: ..., with the lines
+	# they continue on), then its last lines.
 	for name in $(grep -oE '^\s*--- FAIL: [^ ]+' "$log" | awk '{print $3}' | sort -u); do
-		echo "test: --- $name"
 		awk -v n="$name" '
 			$0 ~ "^=== (RUN|CONT|PAUSE)[ \t]+" n "$" { buf = ""; on = 1; next }
 			$0 ~ "^[ \t]*--- FAIL: " n " " { if (on) printf "%s", buf; on = 0; exit }
 			on { buf = buf $0 "\n" }
-		' "$log" | tail -n 120
+		' "$log" >"$log.one"
+		echo "test: --- $name: its messages"
+		awk '/^    [A-Za-z0-9_]+\.go:[0-9]+: / { left = 6 } left > 0 { print; left-- }' "$log.one" | head -n 80
+		echo "test: --- $name: its last lines"
+		tail -n 40 "$log.one"
 	done
+	rm -f "$log.one"
 	grep -A40 -E '^panic:' "$log" | head -80 || true
 	grep -E '^FAIL\s' "$log" || true
 fi
