@@ -2,12 +2,14 @@ package criu
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,8 +22,11 @@ import (
 // (-17)").
 const parasiteProcDir = "proc.crtools"
 
-// dirLocks serialises dumps per working directory. The zero value is ready
-// to use and safe for concurrent use.
+// dirLocks serialises dumps per working directory: within this process
+// with a semaphore per directory, and across processes (several daemons
+// on one host, as tests run them, or any other user of this package) with
+// flock(2) on the directory itself, which the kernel drops if the holder
+// dies. The zero value is ready to use and safe for concurrent use.
 type dirLocks struct {
 	mu sync.Mutex
 	m  map[string]*dirLock
@@ -30,7 +35,12 @@ type dirLocks struct {
 type dirLock struct {
 	sem  chan struct{} // capacity 1: held while full
 	refs int
+	fd   int // the directory, flocked, while held (-1: could not open it)
 }
+
+// flockPoll is how often a dump waiting for another process's dump in the
+// same directory tries again.
+const flockPoll = 5 * time.Millisecond
 
 // lock takes the locks of dirs in a fixed order (so that two callers never
 // wait on each other crosswise) and returns the function releasing them.
@@ -49,14 +59,48 @@ func (l *dirLocks) lock(ctx context.Context, dirs []string) (unlock func(), err 
 		dl := l.get(d)
 		select {
 		case dl.sem <- struct{}{}:
-			held = append(held, d)
 		case <-ctx.Done():
 			l.unref(d)
 			release()
 			return nil, ctx.Err()
 		}
+		fd, err := flockDir(ctx, d)
+		if err != nil {
+			<-dl.sem
+			l.unref(d)
+			release()
+			return nil, err
+		}
+		dl.fd = fd
+		held = append(held, d)
 	}
 	return release, nil
+}
+
+// flockDir takes an exclusive flock on directory d, waiting for another
+// holder until ctx is done. It returns the descriptor holding it, or -1
+// when d cannot be opened (a dump then finds out by itself).
+func flockDir(ctx context.Context, d string) (int, error) {
+	fd, err := unix.Open(d, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, nil
+	}
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return fd, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			unix.Close(fd)
+			return -1, nil // no flock here: the semaphore alone serialises
+		}
+		select {
+		case <-ctx.Done():
+			unix.Close(fd)
+			return -1, ctx.Err()
+		case <-time.After(flockPoll):
+		}
+	}
 }
 
 func (l *dirLocks) get(d string) *dirLock {
@@ -67,7 +111,7 @@ func (l *dirLocks) get(d string) *dirLock {
 	}
 	dl := l.m[d]
 	if dl == nil {
-		dl = &dirLock{sem: make(chan struct{}, 1)}
+		dl = &dirLock{sem: make(chan struct{}, 1), fd: -1}
 		l.m[d] = dl
 	}
 	dl.refs++
@@ -79,6 +123,10 @@ func (l *dirLocks) put(d string) {
 	l.mu.Lock()
 	dl := l.m[d]
 	l.mu.Unlock()
+	if dl.fd >= 0 {
+		unix.Close(dl.fd) // drops the flock
+	}
+	dl.fd = -1
 	<-dl.sem
 	l.unref(d)
 }

@@ -81,6 +81,37 @@ func TestDirLocksIndependentDirsAndCancel(t *testing.T) {
 	}
 }
 
+// TestDirLocksAcrossProcesses: a directory locked by one dirLocks (one
+// daemon) is locked for another (a second daemon on the same host) and for
+// any other process, until released.
+func TestDirLocksAcrossProcesses(t *testing.T) {
+	dir := t.TempDir()
+	var a, b dirLocks
+	unlockA, err := a.lock(context.Background(), []string{dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	if _, err := b.lock(cctx, []string{dir}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("second dirLocks: %v, want DeadlineExceeded while the first holds %s", err, dir)
+	}
+	if _, err := exec.LookPath("flock"); err == nil {
+		if err := exec.Command("flock", "-n", dir, "true").Run(); err == nil {
+			t.Fatalf("flock(1) took %s while it was held", dir)
+		}
+	}
+	unlockA()
+	unlockB, err := b.lock(context.Background(), []string{dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlockB()
+	if len(a.m) != 0 || len(b.m) != 0 {
+		t.Fatalf("locks not released: %v %v", a.m, b.m)
+	}
+}
+
 func TestTreeCwds(t *testing.T) {
 	dir := t.TempDir()
 	cmd := exec.Command("sleep", "30")

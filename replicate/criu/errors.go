@@ -38,8 +38,8 @@ var (
 	ErrAddrInUse = errors.New("address already in use")
 	// ErrBusy means another dump was working in the same working directory
 	// of a task (CRIU mounts a private /proc there for a moment): a CRIU
-	// outside this Driver, or a proc.crtools left behind by a crashed
-	// one. Retry; if it persists, unmount and remove <cwd>/proc.crtools.
+	// run by something else than this package, or a proc.crtools left
+	// behind by a crashed one. Retry; if it persists, unmount and remove <cwd>/proc.crtools.
 	ErrBusy = errors.New("concurrent dump in the same working directory")
 	// ErrMPTCP means the tree has an MPTCP socket, which CRIU cannot dump.
 	// Go 1.24+ programs open them for listeners unless started with
@@ -124,6 +124,7 @@ var causes = []struct {
 	{[]string{"Can't open file", "No such file or directory"}, ErrFileChanged},
 	{[]string{"Unsupported proto 262"}, ErrMPTCP},
 	{[]string{"Can't create a directory (-17)"}, ErrBusy},
+	{[]string{"Can't remove tmp dir proc.crtools"}, ErrBusy},
 	{[]string{"Address already in use"}, ErrAddrInUse},
 	{[]string{"No process with such pid"}, ErrNoProcess},
 	{[]string{"fork", "File exists"}, ErrPIDInUse},

@@ -52,6 +52,7 @@ func TestClassify(t *testing.T) {
 		{"Error (criu/cr-restore.c:1450): Can't fork for 1234: File exists", ErrPIDInUse},
 		{"Error (criu/cr-restore.c:1400): Unable to clone 1234: File exists", ErrPIDInUse},
 		{"pie: 1: Error (criu/pie/parasite.c:634): Can't create a directory (-17)", ErrBusy},
+		{"pie: 1: Error (criu/pie/util.c:44): Can't remove tmp dir proc.crtools: -2", ErrBusy},
 		{"Error (criu/mount.c:1): mkdir /x: File exists", nil},
 		{"Error (criu/cr-dump.c:1975): Dumping FAILED.", nil},
 	} {
