@@ -134,7 +134,7 @@ func (c *Cgroup) Freeze(ctx context.Context) error {
 }
 
 // vforkCheckAfter is how long a freeze may take before Freeze looks for a
-// task in vfork wait that holds it up.
+// task in vfork wait that holds it up, and how often it looks again.
 const vforkCheckAfter = 2 * time.Millisecond
 
 // freezeOnce asks the kernel to freeze the cgroup and waits until it says
@@ -144,17 +144,20 @@ func (c *Cgroup) freezeOnce(ctx context.Context) ([]string, error) {
 	if err := c.set(true); err != nil {
 		return nil, err
 	}
-	start := time.Now()
+	// While the freeze lasts, the tasks are looked at every
+	// vforkCheckAfter, not at every poll: it reads a file per thread.
+	check := time.Now().Add(vforkCheckAfter)
 	for {
 		frozen, err := c.Frozen()
 		if err != nil {
 			_ = c.Thaw()
 			return nil, err
 		}
-		if frozen || time.Since(start) >= vforkCheckAfter {
+		if frozen || time.Now().After(check) {
 			if w := c.vforkWaiters(); len(w) > 0 || frozen {
 				return w, nil
 			}
+			check = time.Now().Add(vforkCheckAfter)
 		}
 		// A v1 freezer can stall in FREEZING: writing FROZEN again retries.
 		// A v2 freezer converges by itself.
