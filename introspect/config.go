@@ -61,6 +61,13 @@ type Config struct {
 	// descriptor's link and leaves offsets, flags and details empty.
 	FDInfo bool
 
+	// PipeAccess reads the open mode (read or write end) of every pipe
+	// descriptor, one lstat each. False reads it only for the pipes whose
+	// ends are held by more than one process or outside the tree, where
+	// an edge or a verdict depends on it; the other pipe holders keep an
+	// empty Access.
+	PipeAccess bool
+
 	// Threads lists every thread with its name, state and CPU time. False
 	// leaves Process.Threads empty (Process.ThreadCount still counts
 	// them).
@@ -99,6 +106,7 @@ func DefaultConfig() Config {
 		Mappings:         true,
 		ProcessDetails:   true,
 		FDInfo:           true,
+		PipeAccess:       true,
 		Threads:          true,
 		OutsideHolders:   true,
 		GhostLimit:       1 << 20,
@@ -110,7 +118,8 @@ func DefaultConfig() Config {
 // window: it keeps everything a verdict depends on (so Preflight finds the
 // same findings) and drops the details that cost most — page-table walks
 // for mapping sizes, the list of private mappings, fdinfo reads,
-// per-thread stats, command lines, cgroups and the namespaces no verdict
+// per-thread stats, the ends of pipes no edge or verdict needs, command
+// lines, cgroups and the namespaces no verdict
 // uses.
 func CheckpointConfig() Config {
 	cfg := DefaultConfig()
@@ -118,6 +127,7 @@ func CheckpointConfig() Config {
 	cfg.Mappings = false
 	cfg.ProcessDetails = false
 	cfg.FDInfo = false
+	cfg.PipeAccess = false
 	cfg.Threads = false
 	return cfg
 }

@@ -201,7 +201,9 @@ func (c *fdCtx) classify(fd int, name string, link []byte) {
 		u.holders = append(u.holders, h)
 	case bytes.HasPrefix(link, prefixPipe):
 		ino, _ := bracketNum(link)
-		h.Access = c.access(name)
+		if s.cfg.PipeAccess {
+			h.Access = c.access(name)
+		}
 		n := s.pipes[ino]
 		if n == nil {
 			var buf [32]byte
@@ -227,6 +229,45 @@ func (c *fdCtx) classify(fd int, name string, link []byte) {
 		}
 		n.Holders = append(n.Holders, h)
 	}
+}
+
+// pipeEnds reads, when Config.PipeAccess is off, the open mode of the
+// holders of the pipes that need it: those held by more than one process
+// of the tree (the pipe edges go from writers to readers) or also outside
+// it (the verdict compares the ends). It runs after findOutsideHolders.
+func (s *scanner) pipeEnds() {
+	if s.cfg.PipeAccess {
+		return
+	}
+	root, err := s.sc.procRootFD()
+	if err != nil {
+		return
+	}
+	var buf []byte
+	for _, n := range s.pipes {
+		if len(n.Outside) == 0 && !heldByMany(n.Holders) {
+			continue
+		}
+		for i := range n.Holders {
+			h := &n.Holders[i]
+			buf = strconv.AppendInt(buf[:0], int64(h.PID), 10)
+			buf = strconv.AppendInt(append(buf, "/fd/"...), int64(h.FD), 10)
+			var st unix.Stat_t
+			if s.r.fstatat(root, string(buf), &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+				h.Access = accessOfLinkMode(st.Mode)
+			}
+		}
+	}
+}
+
+// heldByMany reports whether hs span more than one process.
+func heldByMany(hs []Holder) bool {
+	for _, h := range hs[min(1, len(hs)):] {
+		if h.PID != hs[0].PID {
+			return true
+		}
+	}
+	return false
 }
 
 // anon records an anonymous-inode descriptor. Each gets its own node: the

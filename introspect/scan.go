@@ -285,6 +285,7 @@ func (s *scanner) run(ctx context.Context, root int) error {
 	if s.cfg.OutsideHolders {
 		s.findOutsideHolders()
 	}
+	s.pipeEnds()
 	s.buildEdges()
 	s.judge()
 	s.finish()

@@ -699,6 +699,20 @@ func TestCheckpointConfigSameFindings(t *testing.T) {
 		if len(full.Nodes) != len(fast.Nodes) {
 			t.Errorf("pid %d: %d nodes with DefaultConfig, %d with CheckpointConfig", pid, len(full.Nodes), len(fast.Nodes))
 		}
+		// The pipe edges rest on the open mode of the ends, which
+		// CheckpointConfig reads only where they matter.
+		pipeEdges := func(g *Graph) string {
+			var b strings.Builder
+			for _, e := range g.Edges {
+				if e.Kind == EdgePipe || e.Kind == EdgeOutside {
+					fmt.Fprintf(&b, "%s %s->%s %s\n", e.Kind, e.From, e.To, e.Reason)
+				}
+			}
+			return b.String()
+		}
+		if a, b := pipeEdges(full), pipeEdges(fast); a != b || a == "" && pid == app.pid {
+			t.Errorf("pid %d: pipe edges differ (or none)\nDefaultConfig:\n%s\nCheckpointConfig:\n%s", pid, a, b)
+		}
 		if p := fast.Node(ProcessID(pid)).Process; len(p.Threads) != 0 || p.ThreadCount == 0 || p.PSS != 0 {
 			t.Errorf("CheckpointConfig read details it should skip: %d threads listed, count %d, pss %d", len(p.Threads), p.ThreadCount, p.PSS)
 		}
