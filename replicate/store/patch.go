@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,16 +46,180 @@ func (s *Store) UpdateImage(dir string, old, f *ImageFile) error {
 	return os.Chmod(path, f.Mode.Perm())
 }
 
-// patchContent rewrites the pages of out whose hash in hs differs from old
-// (out holds old's content), then truncates out to size.
+// patchContent turns out, which holds the pages hashed old, into the
+// pages hashed hs, then truncates it to size.
+//
+// A dump lists an address space's pages in address order, so a page that
+// appears or goes (the heap grows, a runtime returns memory to the kernel)
+// shifts every page after it in the file: compared position by position,
+// nearly all of them would differ. The pages are therefore aligned by
+// content first (alignPages): a page found in old, at or after the position
+// where the previous one was found, is moved from there within the file
+// instead of being copied from the store again, and only pages found
+// nowhere in old are copied from the store and checked against their
+// hashes. Moves only read what an earlier step has not overwritten: runs
+// moving towards the start go first, in order, then runs moving towards
+// the end, in reverse order, then the copies from the store.
 func (s *Store) patchContent(out *os.File, old, hs []Hash, size int64) error {
-	same := func(i int) bool { return i < len(old) && old[i] == hs[i] }
-	for i := 0; i < len(hs); {
-		if same(i) {
-			i++
-			continue
+	if int64(len(hs))*PageSize < size {
+		return fmt.Errorf("%w: %d pages for %d bytes", ErrCorrupt, len(hs), size)
+	}
+	err := applyRuns(out, alignPages(old, hs), func(r pageRun) error {
+		return s.fetchPages(out, r.dst, hs[r.dst:r.dst+r.n])
+	})
+	if err != nil {
+		return err
+	}
+	return out.Truncate(size)
+}
+
+// applyRuns rewrites out as runs say: the moves in the order described at
+// patchContent, then fetch for each run of pages that are not in out.
+func applyRuns(out *os.File, runs []pageRun, fetch func(pageRun) error) error {
+	var buf []byte
+	move := func(r pageRun) error {
+		if buf == nil {
+			buf = make([]byte, moveChunk)
 		}
-		off := int64(i) * PageSize
+		return moveRange(out, int64(r.dst)*PageSize, int64(r.src)*PageSize, int64(r.n)*PageSize, buf)
+	}
+	for _, r := range runs {
+		if r.src >= 0 && r.src > r.dst {
+			if err := move(r); err != nil {
+				return err
+			}
+		}
+	}
+	for i := len(runs) - 1; i >= 0; i-- {
+		if r := runs[i]; r.src >= 0 && r.src < r.dst {
+			if err := move(r); err != nil {
+				return err
+			}
+		}
+	}
+	for _, r := range runs {
+		if r.src < 0 {
+			if err := fetch(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// moveChunk is the buffer size of moveRange.
+const moveChunk = 1 << 20
+
+// moveRange moves n bytes of f from src to dst (the ranges may overlap)
+// through buf, in the order that reads every byte before it is
+// overwritten.
+func moveRange(f *os.File, dst, src, n int64, buf []byte) error {
+	for done := int64(0); done < n; {
+		c := min(n-done, int64(len(buf)))
+		at := done // forward when moving towards the start
+		if dst > src {
+			at = n - done - c // backward when moving towards the end
+		}
+		if _, err := f.ReadAt(buf[:c], src+at); err != nil {
+			return fmt.Errorf("move pages: read at %d: %w", src+at, err)
+		}
+		if _, err := f.WriteAt(buf[:c], dst+at); err != nil {
+			return fmt.Errorf("move pages: %w", err)
+		}
+		done += c
+	}
+	return nil
+}
+
+// pageRun is a run of n pages of the new content starting at page dst:
+// found in the old content at page src (the same place when src == dst),
+// or, with src -1, to copy from the store.
+type pageRun struct {
+	dst, src, n int
+}
+
+// alignConfirm is how many pages after a page found away from its place
+// must match too before the alignment jumps there: a page alone says
+// little about a shift (equal pages repeat; a page copied from far away is
+// no shift at all), and a wrong jump loses every page it skips.
+const alignConfirm = 4
+
+// alignPages matches the pages hashed hs against those hashed old, in
+// order: each page of hs is taken from the next page of old when they
+// match; a page that differs where the pages after it match in place is a
+// changed page; any other is taken from the nearest later page of old
+// with the same content that the next alignConfirm pages confirm; what
+// remains (and every zero page, which becomes a hole) comes from the
+// store. The runs cover hs in order, their sources in increasing order.
+func alignPages(old, hs []Hash) []pageRun {
+	var runs []pageRun
+	add := func(dst, src int) {
+		if l := len(runs) - 1; l >= 0 {
+			r := &runs[l]
+			if r.dst+r.n == dst && ((src < 0 && r.src < 0) || (src >= 0 && r.src >= 0 && r.src+r.n == src)) {
+				r.n++
+				return
+			}
+		}
+		runs = append(runs, pageRun{dst: dst, src: src, n: 1})
+	}
+	// matches reports whether the alignConfirm pages after hs[i] follow
+	// old[p] (as many as hs has).
+	matches := func(i, p int) bool {
+		for c := 1; c <= alignConfirm && i+c < len(hs); c++ {
+			if p+c >= len(old) || old[p+c] != hs[i+c] {
+				return false
+			}
+		}
+		return true
+	}
+	var where map[Hash][]int32 // positions in old of each content, built on the first miss
+	find := func(i, k int) int {
+		if where == nil {
+			where = make(map[Hash][]int32, len(old))
+			for p, h := range old {
+				if !h.IsZeroPage() {
+					where[h] = append(where[h], int32(p))
+				}
+			}
+		}
+		ps := where[hs[i]]
+		at, _ := slices.BinarySearch(ps, int32(k))
+		for _, p := range ps[at:] {
+			if matches(i, int(p)) {
+				return int(p)
+			}
+		}
+		return -1
+	}
+	k := 0 // the next page of old
+	for i, h := range hs {
+		switch {
+		case k < len(old) && old[k] == h:
+			add(i, k)
+			k++
+		case k < len(old) && i+1 < len(hs) && matches(i, k):
+			add(i, -1) // changed in place
+			k++
+		case h.IsZeroPage():
+			add(i, -1)
+		default:
+			if p := find(i, k); p >= 0 {
+				add(i, p)
+				k = p + 1
+			} else {
+				add(i, -1)
+			}
+		}
+	}
+	return runs
+}
+
+// fetchPages writes the pages hashed hs at page first of out from the
+// store, checking what it wrote; zero pages become holes.
+func (s *Store) fetchPages(out *os.File, first int, hs []Hash) error {
+	for i := 0; i < len(hs); {
+		off := int64(first+i) * PageSize
 		if hs[i].IsZeroPage() {
 			if err := zeroRange(out, off, PageSize); err != nil {
 				return err
@@ -62,35 +227,32 @@ func (s *Store) patchContent(out *os.File, old, hs []Hash, size int64) error {
 			i++
 			continue
 		}
-		first, err := s.lookup(hs[i])
+		l, err := s.lookup(hs[i])
 		if err != nil {
 			return err
 		}
-		end := first.off + int64(first.n)
+		end := l.off + int64(l.n)
 		j := i + 1
-		for ; j < len(hs) && !same(j) && !hs[j].IsZeroPage(); j++ {
+		for ; j < len(hs) && !hs[j].IsZeroPage(); j++ {
 			s.mu.RLock()
-			l, ok := s.idx[hs[j]]
+			next, ok := s.idx[hs[j]]
 			s.mu.RUnlock()
-			if !ok || l.p != first.p || l.off != end {
+			if !ok || next.p != l.p || next.off != end {
 				break
 			}
-			end += int64(l.n)
+			end += int64(next.n)
 		}
-		err = copyRange(out, off, first.p.f, first.off, end-first.off)
-		first.p.release()
+		err = copyRange(out, off, l.p.f, l.off, end-l.off)
+		l.p.release()
 		if err != nil {
 			return err
 		}
-		if err := checkRange(out, off, end-first.off, hs[i:j]); err != nil {
+		if err := checkRange(out, off, end-l.off, hs[i:j]); err != nil {
 			return err
 		}
 		i = j
 	}
-	if int64(len(hs))*PageSize < size {
-		return fmt.Errorf("%w: %d pages for %d bytes", ErrCorrupt, len(hs), size)
-	}
-	return out.Truncate(size)
+	return nil
 }
 
 // zeroRange makes n bytes at off read as zeros: a hole where the file
