@@ -89,6 +89,28 @@ func (n *Node) handlePrepare(ctx context.Context, from string, raw json.RawMessa
 	return prepareReply{HasInit: req.InitExe == "" || replicate.HasInit(req.InitExe, req.InitSum)}, nil
 }
 
+// standbyRequest asks a clone for its standby copy of an app at an epoch.
+type standbyRequest struct {
+	App   string `json:"app"`
+	Epoch uint64 `json:"epoch"`
+}
+
+// handleStandby returns once this node's standby copy of the app holds the
+// epoch (or a newer one), updating it when the update that follows the
+// epoch's arrival has not run yet. A relocation waits for it before its
+// last epoch: that update would otherwise compete with the last dump for
+// the CPU, and the last epoch's update is shorter from a fresh copy.
+func (n *Node) handleStandby(ctx context.Context, from string, raw json.RawMessage) (any, error) {
+	var req standbyRequest
+	if err := json.Unmarshal(raw, &req); err != nil {
+		return nil, err
+	}
+	if err := n.memberOf(req.App); err != nil {
+		return nil, err
+	}
+	return struct{}{}, n.engine.Standby(ctx, req.App, req.Epoch)
+}
+
 // handleInit stores an app's init binary sent by its OP.
 func (n *Node) handleInit(ctx context.Context, s *peer.Stream) {
 	app := s.Hello().App

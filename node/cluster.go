@@ -23,6 +23,7 @@ const (
 	rpcDetail     = "app.detail"     // OP: app detail with clone health and resource graph
 	rpcInfo       = "app.info"       // a node's view of an app, without the graph (cheap to poll)
 	rpcPrepare    = "clone.prepare"  // clone: register an app, say whether its init binary is here
+	rpcStandby    = "clone.standby"  // clone: return once the app's standby copy holds an epoch
 	rpcLeave      = "cluster.leave"  // leader: the calling node shuts down cleanly
 	rpcForget     = "app.forget"     // any node: delete a removed app's local copy and epochs
 	rpcIndex      = "cluster.index"  // leader: its applied raft index
@@ -356,6 +357,7 @@ func (n *Node) registerPeerHandlers() {
 		return n.appInfoLocal(a), nil
 	})
 	n.peers.Handle(rpcPrepare, n.handlePrepare)
+	n.peers.Handle(rpcStandby, n.handleStandby)
 	n.peers.HandleStream(streamInit, n.handleInit)
 	n.peers.HandleStream(streamEpoch, n.handleEpoch)
 	n.peers.HandleStream(streamJournal, n.handleJournal)

@@ -17,6 +17,7 @@ import (
 	"doppel/replicate"
 	"doppel/replicate/criu"
 	"doppel/replicate/store"
+	"doppel/replicate/wire"
 )
 
 const rpcRelocate = "app.relocate" // OP: move the app to a node
@@ -136,6 +137,26 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 	} else {
 		progress("warm-up sent", map[string]any{"bytes": st.WireSent})
 	}
+	// Before the pause: the target's standby copy takes the warm-up epoch
+	// (so that it neither competes with the last dump for the CPU nor
+	// delays the restore), and the stream for the last epoch is opened.
+	if addr, err := n.peerAddr(to); err == nil {
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		if err := n.peers.Call(sctx, addr, rpcStandby, standbyRequest{App: name, Epoch: warm.Manifest.Epoch}, nil); err != nil {
+			n.log.Warn("relocation: target's standby copy not ready", "app", name, "to", to, "err", err)
+		}
+		cancel()
+	}
+	sendCtx, cancelSend := context.WithTimeout(r.ctx, 10*time.Minute)
+	defer cancelSend()
+	stream, err := r.openEpochStream(sendCtx, to)
+	if err != nil {
+		return api.RelocateResult{}, fmt.Errorf("relocate %s: open the stream to %s: %w", name, to, err)
+	}
+	defer stream.Close()
+	// The store's GC, which a final epoch does not start, runs once the
+	// app serves again (or here again).
+	defer n.gcSoon()
 
 	// The pause starts at the barrier (PSB): service held at a message
 	// boundary, app frozen, dumped and ended. Until then the app serves.
@@ -169,7 +190,7 @@ func (n *Node) relocateLocal(ctx context.Context, name, to string) (api.Relocate
 		n.publish(api.Event{Kind: api.KindRelocation, App: name, Message: fmt.Sprintf("relocation of %s to %s failed (%v): resumed on %s from epoch %d", name, to, cause, n.cfg.Name, epoch)})
 		return api.RelocateResult{}, fmt.Errorf("%w: relocate %s to %s: %v (resumed on %s, nothing lost)", api.ErrUnavailable, name, to, cause, n.cfg.Name)
 	}
-	stats, err := r.sendEpoch(app, to, epoch)
+	stats, err := wire.Send(sendCtx, stream, n.engine.Store(), name, epoch, n.wireConfig())
 	if err != nil {
 		return rollback(err)
 	}

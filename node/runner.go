@@ -13,6 +13,7 @@ import (
 	"doppel/failover/journal"
 	"doppel/failover/proxy"
 	"doppel/node/api"
+	"doppel/node/peer"
 	"doppel/node/state"
 	"doppel/replicate"
 	"doppel/replicate/store"
@@ -753,32 +754,40 @@ type prepareReply struct {
 }
 
 func (r *runner) sendEpoch(app *state.App, clone string, epoch uint64) (wire.Stats, error) {
-	n := r.n
 	ctx, cancel := context.WithTimeout(r.ctx, 10*time.Minute)
 	defer cancel()
-	addr, err := n.peerAddr(clone)
-	if err != nil {
-		return wire.Stats{}, err
-	}
-	st, err := n.engine.App(r.name)
-	if err != nil {
-		return wire.Stats{}, err
-	}
-	var rep prepareReply
-	if err := n.peers.Call(ctx, addr, rpcPrepare, prepareRequest{App: r.name, InitExe: st.InitExe, InitSum: st.InitSum, Stdout: st.Stdout, Stderr: st.Stderr}, &rep); err != nil {
-		return wire.Stats{}, fmt.Errorf("prepare: %w", err)
-	}
-	if !rep.HasInit && st.InitExe != "" {
-		if err := r.sendInit(ctx, addr, st.InitExe); err != nil {
-			return wire.Stats{}, fmt.Errorf("send init binary: %w", err)
-		}
-	}
-	s, err := n.peers.OpenStream(ctx, addr, streamEpoch, r.name)
+	s, err := r.openEpochStream(ctx, clone)
 	if err != nil {
 		return wire.Stats{}, err
 	}
 	defer s.Close()
-	return wire.Send(ctx, s, n.engine.Store(), r.name, epoch, n.wireConfig())
+	return wire.Send(ctx, s, r.n.engine.Store(), r.name, epoch, r.n.wireConfig())
+}
+
+// openEpochStream prepares clone for the app's epochs (and ships the init
+// binary if it lacks it) and opens the stream an epoch is sent on. A
+// relocation opens it before its last epoch, so that the pause does not
+// include the round trips.
+func (r *runner) openEpochStream(ctx context.Context, clone string) (*peer.Stream, error) {
+	n := r.n
+	addr, err := n.peerAddr(clone)
+	if err != nil {
+		return nil, err
+	}
+	st, err := n.engine.App(r.name)
+	if err != nil {
+		return nil, err
+	}
+	var rep prepareReply
+	if err := n.peers.Call(ctx, addr, rpcPrepare, prepareRequest{App: r.name, InitExe: st.InitExe, InitSum: st.InitSum, Stdout: st.Stdout, Stderr: st.Stderr}, &rep); err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	if !rep.HasInit && st.InitExe != "" {
+		if err := r.sendInit(ctx, addr, st.InitExe); err != nil {
+			return nil, fmt.Errorf("send init binary: %w", err)
+		}
+	}
+	return n.peers.OpenStream(ctx, addr, streamEpoch, r.name)
 }
 
 // sendInit ships the app's init binary: an 8-byte size, the bytes, then

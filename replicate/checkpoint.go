@@ -32,7 +32,9 @@ type CheckpointOptions struct {
 	Resume func()
 	// Final ends the app with the checkpoint: CRIU kills the tree once it
 	// is dumped (a relocation's last epoch), so nothing runs after the
-	// barrier. If the dump fails the app is resumed as usual.
+	// barrier. If the dump fails the app is resumed as usual. The store's
+	// GC does not start after a final epoch: the caller runs it once the
+	// app serves again.
 	Final bool
 }
 
@@ -46,7 +48,7 @@ type CheckpointOptions struct {
 //
 // Checkpoint returns once the epoch is committed (durable); the store's GC
 // of epochs beyond retention then runs in the background (Close waits for
-// it).
+// it), except after a final epoch.
 //
 // The epoch is numbered above every epoch the store holds and above the
 // highest number the app was ever given here (AppState.LastEpoch); its
@@ -231,7 +233,11 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 		"dump", res.Wall, "commit", commitTook,
 		"pages_changed", ep.Manifest.Pages.Changed, "bytes", ep.Manifest.Bytes.Stored)
 	// Older epochs go in the background: the new one is durable already.
-	e.startGC()
+	// Not after a final epoch: what follows it (the transfer, the restore
+	// on the target) is the app's pause, and the caller collects later.
+	if !opts.Final {
+		e.startGC()
+	}
 	return ep, nil
 }
 
