@@ -5,11 +5,14 @@
 # table goes to stdout and, with the date, the machine (CPUs, memory,
 # kernel, CPU model, load average) and the doppel commit, to a file.
 #
-# Usage: sudo scripts/bench.sh [--quick] [--rounds N] [--out FILE] [--keep]
+# Usage: sudo scripts/bench.sh [--quick] [--rounds N] [--only LIST] [--out FILE] [--keep]
 #   --quick   small sizes, one round, under 3 minutes on 2 cores: a smoke
 #             check that every scenario produces a number (exit 1 if not);
 #             writes no file unless --out is given
 #   --rounds  rounds per scenario (default 5; 1 with --quick)
+#   --only    the scenarios to run, comma-separated (freeze, incr, capture,
+#             relocate, failover, throughput): the table has their rows
+#             only, and no file is written unless --out is given
 #   --out     the report file (default BENCHMARKS.md in the repository)
 #   --keep    keep the temporary directory (state, logs) for inspection
 #   --failover-from chaos|cluster
@@ -68,6 +71,7 @@ QUICK=0
 ROUNDS=""
 OUT=""
 KEEP=0
+ONLY=""
 FAILOVER_FROM=""
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -76,6 +80,8 @@ while [ $# -gt 0 ]; do
 	--rounds=*) ROUNDS=${1#*=} ;;
 	--out) OUT=${2:?--out needs a file}; shift ;;
 	--out=*) OUT=${1#*=} ;;
+	--only) ONLY=${2:?--only needs a list of scenarios}; shift ;;
+	--only=*) ONLY=${1#*=} ;;
 	--keep) KEEP=1 ;;
 	--failover-from) FAILOVER_FROM=${2:?--failover-from needs chaos or cluster}; shift ;;
 	--failover-from=*) FAILOVER_FROM=${1#*=} ;;
@@ -85,7 +91,12 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case "$ROUNDS" in "") ROUNDS=$([ "$QUICK" = 1 ] && echo 1 || echo 5) ;; *[!0-9]*|0) die "--rounds $ROUNDS: want a positive number" ;; esac
-[ -n "$OUT" ] || { [ "$QUICK" = 1 ] || OUT=$ROOT/BENCHMARKS.md; }
+for s in ${ONLY//,/ }; do
+	case "$s" in freeze|incr|capture|relocate|failover|throughput) ;; *) die "--only $ONLY: unknown scenario $s (want freeze, incr, capture, relocate, failover, throughput)" ;; esac
+done
+# want SCENARIO: whether this run measures it.
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+[ -n "$OUT" ] || { [ "$QUICK" = 1 ] || [ -n "$ONLY" ] || OUT=$ROOT/BENCHMARKS.md; }
 case "$FAILOVER_FROM" in
 "") FAILOVER_FROM=cluster; grep -qs '^func BenchmarkFailover' failover/chaos/*_test.go && FAILOVER_FROM=chaos ;;
 chaos|cluster) ;;
@@ -312,6 +323,8 @@ note() { NOTES+=("$*"); say "$*"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0) exit; printf "%.3f", a / b }'; }
 
 # --------------------------------------------------------------- checkpoints
+SIZE_CKPT=$([ "$QUICK" = 1 ] && echo "$HOST_SIZE" || echo 1GiB)
+if want freeze || want incr || want capture; then
 if [ "$QUICK" = 1 ]; then
 	say "freeze, incremental, capture: doppel bench --size $HOST_SIZE --baseline ($ROUNDS round(s))"
 	L=$(load_avg)
@@ -347,8 +360,10 @@ else
 	SIZE_CKPT=1GiB
 	note "freeze/incremental/capture: BenchmarkEngine1GiB (replicate/), median of $ROUNDS; the freeze is the engine's whole window (PSB freeze to thaw), CRIU's own frozen_time inside it ${cf:-?} ms; on the wire (LZ4) the incremental epoch is ${il:-?} MiB of ${fl:-?} MiB ($(ratio "$il" "$fl")); the bare dump is CRIU through the same go-criu RPC path with the same options; load at start $L"
 fi
+fi
 
 # ------------------------------------------------------------------ cluster
+if want relocate || want throughput || want failover; then
 X=$((1 + RANDOM % 250))
 for _ in $(seq 20); do
 	(exec 3<>"/dev/tcp/127.77.$X.1/7946") 2>/dev/null || break
@@ -415,8 +430,10 @@ remove_app() {
 	done
 	return "$rc"
 }
+fi
 
 # --------------------------------------------------------------- relocation
+if want relocate; then
 say "relocation: $RELOC_SIZE app dirtying 1%/s, link capped at $RATE bytes/s, $ROUNDS round(s) against stop-and-copy"
 L=$(load_avg)
 RAPP=reloc-$RUN_ID
@@ -496,8 +513,10 @@ if [ "${#client_ms[@]}" -gt 0 ] && [ "${#client_ms[@]}" = "${#reloc_ms[@]}" ]; t
 fi
 ROW[relocate]="$rm_|$nm_|$(ratio "$rm_" "$nm_")"
 note "relocation: pause = $rwhat, to the clone node; stop-and-copy = criu dump (app stopped) + tar of the images over the peer transport capped at the same rate + criu restore + first answer, images on tmpfs at both ends; nodes with --preset $PRESET; samples doppel [${client_ms[*]:-${reloc_ms[*]}}] naive [${naive_ms[*]}] ms; failed: $reloc_failed relocation(s), $naive_failed stop-and-copy; load at start $L"
+fi
 
 # --------------------------------------------------------------- throughput
+if want throughput; then
 say "throughput: $TP_SIZE app, $TP_WINDOW windows, checkpoints every 1s and 5s vs unmanaged, $ROUNDS round(s)"
 L=$(load_avg)
 tp_un=() tp_1=() tp_5=()
@@ -540,8 +559,10 @@ un=$(printf '%s\n' "${tp_un[@]}" | median) t1=$(printf '%s\n' "${tp_1[@]}" | med
 ROW[tp1]="$t1|$un|$(ratio "$t1" "$un")"
 ROW[tp5]="$t5|$un|$(ratio "$t5" "$un")"
 note "throughput: WORK requests (each rewrites a word of one page) from 4 connections straight to the app for $TP_WINDOW; managed = doppel run with 1 clone in the 3-node loopback cluster (the clone's receive shares this host's CPUs), nodes with --preset $PRESET; unmanaged = the same app as a plain process; samples unmanaged [${tp_un[*]}] 1s [${tp_1[*]}] 5s [${tp_5[*]}]; load at start $L"
+fi
 
 # ----------------------------------------------------------------- failover
+if want failover; then
 L=$(load_avg)
 fo_ms=() rr_ms=() rr_failed=0
 # do_rawrestore: one round of the failover baseline, the same app as
@@ -622,11 +643,12 @@ else
 	note "failover: this script's cluster (nodes with --preset $PRESET: its failure detection sets most of the time), $FO_SIZE app dirtying 1%/s, 2 clones, interval 1s, sync journal; kill -9 of the OP daemon and the app → first PING answered through the service on another node; samples [${fo_ms[*]}] ms; baseline: \`doppel bench raw-restore\` of the same app on one node (criu dump --leave-running to tmpfs, kill -9, criu restore of that dump, first PING answered), alternated with the failovers; samples [${rr_ms[*]}] ms, $rr_failed failed; load at start $L"
 fi
 ROW[failover]="$fo|$rr|$(ratio "$fo" "$rr")"
+fi
 
 # ------------------------------------------------------------------- report
 LOAD_END=$(load_avg)
 HOSTBENCH=""
-if [ "$QUICK" = 0 ]; then
+if [ "$QUICK" = 0 ] && [ -z "$ONLY" ]; then
 	say "doppel bench on this host ($HOST_SIZE, 3 rounds, recommendation for 1 GiB at 1%/s over 1 Gbit/s)"
 	bg "$DOPPEL" --config "$CFG" --state-dir "$TMP/hostbench" bench --size "$HOST_SIZE" --rounds 3 --baseline --app-size 1GiB --dirty-rate 1% \
 		--link-rate "$RATE" --workers 3 >"$TMP/hostbench.txt" 2>"$TMP/hostbench.log" && HOSTBENCH=$(cat "$TMP/hostbench.txt") ||
@@ -642,6 +664,7 @@ table() {
 	printf '| scenario | doppel (median) | baseline (median) | ratio | goal |\n'
 	printf '|---|---|---|---|---|\n'
 	while IFS='|' read -r key label unit goalop goal; do
+		case "$key" in tp*) want throughput ;; *) want "$key" ;; esac || continue
 		IFS='|' read -r d b r <<<"${ROW[$key]:-||}"
 		[ -n "$d" ] || missing+=("$key")
 		if [ "$key" = failover ]; then
@@ -679,7 +702,7 @@ if [ -n "$OUT" ]; then
 	{
 		echo "# doppel benchmarks"
 		echo
-		echo "Measured by \`scripts/bench.sh$([ "$QUICK" = 1 ] && echo " --quick") --rounds $ROUNDS\` on $START_DATE."
+		echo "Measured by \`scripts/bench.sh$([ "$QUICK" = 1 ] && echo " --quick")$([ -n "$ONLY" ] && echo " --only $ONLY") --rounds $ROUNDS\` on $START_DATE."
 		echo
 		echo "- machine: $MACHINE"
 		echo "- doppel: $COMMIT"
