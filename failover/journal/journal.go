@@ -43,25 +43,38 @@ var ErrTrimmed = errors.New("journal entries already trimmed")
 
 // Journal is an in-memory, ordered log of entries. Safe for concurrent use.
 type Journal struct {
-	mu      sync.Mutex
-	changed chan struct{} // closed and replaced on every change
-	entries []Entry       // entries[i].Seq == first+i
-	first   uint64        // seq of entries[0] (or next seq when empty)
-	last    uint64        // highest seq appended or received
-	stored  uint64        // highest seq some clone acknowledged
-	acked   map[string]uint64
-	bytes   int64
-	closed  bool
+	mu sync.Mutex
+	// changed is closed and replaced when the entries change (the
+	// streams to the clones wait on it), storedCh when stored advances
+	// (the proxy's connections wait on it in sync mode): apart, so that
+	// an append does not wake every connection waiting for an
+	// acknowledgement, nor an acknowledgement the streams.
+	changed  chan struct{}
+	storedCh chan struct{}
+	entries  []Entry // entries[i].Seq == first+i
+	first    uint64  // seq of entries[0] (or next seq when empty)
+	last     uint64  // highest seq appended or received
+	stored   uint64  // highest seq some clone acknowledged
+	acked    map[string]uint64
+	bytes    int64
+	closed   bool
 }
 
 // New returns a journal whose next appended entry gets seq after+1.
 func New(after uint64) *Journal {
-	return &Journal{changed: make(chan struct{}), first: after + 1, last: after, stored: after, acked: map[string]uint64{}}
+	return &Journal{changed: make(chan struct{}), storedCh: make(chan struct{}), first: after + 1, last: after, stored: after, acked: map[string]uint64{}}
 }
 
+// notify wakes the waiters for entries.
 func (j *Journal) notify() {
 	close(j.changed)
 	j.changed = make(chan struct{})
+}
+
+// notifyStored wakes the waiters for acknowledgements.
+func (j *Journal) notifyStored() {
+	close(j.storedCh)
+	j.storedCh = make(chan struct{})
 }
 
 // Append adds a message of a connection (or its close) and returns its
@@ -106,7 +119,7 @@ func (j *Journal) Ack(clone string, seq uint64) {
 	}
 	if seq > j.stored {
 		j.stored = seq
-		j.notify()
+		j.notifyStored()
 	}
 }
 
@@ -129,7 +142,7 @@ func (j *Journal) WaitStored(ctx context.Context, seq uint64) error {
 			j.mu.Unlock()
 			return ErrClosed
 		}
-		ch := j.changed
+		ch := j.storedCh
 		j.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -236,5 +249,6 @@ func (j *Journal) Close() {
 	if !j.closed {
 		j.closed = true
 		j.notify()
+		j.notifyStored()
 	}
 }

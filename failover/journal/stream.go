@@ -49,6 +49,17 @@ func writeFrame(w io.Writer, typ uint8, payload []byte) error {
 	return err
 }
 
+// writeAck writes an ack frame in one Write: the receiver writes it
+// straight to the connection, where each Write is a record and a syscall.
+func writeAck(w io.Writer, seq uint64) error {
+	var b [5 + 8]byte
+	b[0] = frameAck
+	binary.LittleEndian.PutUint32(b[1:], 8)
+	binary.LittleEndian.PutUint64(b[5:], seq)
+	_, err := w.Write(b[:])
+	return err
+}
+
 func readFrame(r io.Reader, buf []byte) (uint8, []byte, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -162,7 +173,6 @@ func Receive(ctx context.Context, conn io.ReadWriter, j *Journal) error {
 		return err
 	}
 	br := bufio.NewReaderSize(conn, 64<<10)
-	var ack [8]byte
 	buf := make([]byte, 4096)
 	for ctx.Err() == nil {
 		typ, p, err := readFrame(br, buf)
@@ -195,8 +205,7 @@ func Receive(ctx context.Context, conn io.ReadWriter, j *Journal) error {
 			return fmt.Errorf("%w: unknown frame type %d", ErrProtocol, typ)
 		}
 		if br.Buffered() == 0 {
-			binary.LittleEndian.PutUint64(ack[:], j.Last())
-			if err := writeFrame(conn, frameAck, ack[:]); err != nil {
+			if err := writeAck(conn, j.Last()); err != nil {
 				return err
 			}
 		}
