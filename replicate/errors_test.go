@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -542,5 +543,61 @@ func TestFencedAppStaysFrozen(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkTicks(t, a, waitTicks(t, a.data, n+10))
+	stopAndWait(t, e, a.name)
+}
+
+// TestFreezeWaitsForCheckpoint fences an app while a checkpoint of it is
+// under way: Freeze waits for the checkpoint to end (a freeze in the middle
+// of CRIU's dump would stop the processes where CRIU waits for them, and
+// hang the dump), then freezes the app.
+func TestFreezeWaitsForCheckpoint(t *testing.T) {
+	requireE2E(t)
+	e := newEngine(t, t.TempDir(), nil)
+	a := startApp(t, e, "fencemid", appOpts{tick: 10 * time.Millisecond, dataDir: t.TempDir()})
+	waitTicks(t, a.data, 5)
+	inPSB, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{Observer: func(ev Event) {
+			if ev.Phase == PSB && ev.End {
+				once.Do(func() { close(inPSB); <-release })
+			}
+		}})
+		done <- err
+	}()
+	select {
+	case <-inPSB:
+	case err := <-done:
+		t.Fatalf("checkpoint ended before its barrier: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no barrier in 30s")
+	}
+	frozeAt := make(chan error, 1)
+	go func() { frozeAt <- e.Freeze(t.Context(), a.name) }()
+	select {
+	case err := <-frozeAt:
+		close(release)
+		t.Fatalf("Freeze returned (%v) while a checkpoint held the app", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	select {
+	case err := <-frozeAt:
+		if err != nil {
+			t.Fatalf("Freeze after the checkpoint: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Freeze still waits 30s after the checkpoint ended")
+	}
+	if !frozen(t, e, a.name) {
+		t.Fatal("the app runs after Freeze")
+	}
+	if err := e.Thaw(a.name); err != nil {
+		t.Fatal(err)
+	}
 	stopAndWait(t, e, a.name)
 }
