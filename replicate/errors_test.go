@@ -549,7 +549,7 @@ func TestFencedAppStaysFrozen(t *testing.T) {
 // TestFreezeWaitsForCheckpoint fences an app while a checkpoint of it is
 // under way: Freeze waits for the checkpoint to end (a freeze in the middle
 // of CRIU's dump would stop the processes where CRIU waits for them, and
-// hang the dump), then freezes the app.
+// hang the dump), then freezes the app; Thaw waits the same way.
 func TestFreezeWaitsForCheckpoint(t *testing.T) {
 	requireE2E(t)
 	e := newEngine(t, t.TempDir(), nil)
@@ -596,8 +596,48 @@ func TestFreezeWaitsForCheckpoint(t *testing.T) {
 	if !frozen(t, e, a.name) {
 		t.Fatal("the app runs after Freeze")
 	}
-	if err := e.Thaw(a.name); err != nil {
-		t.Fatal(err)
+	// Unfencing while a checkpoint of the frozen app is under way: the
+	// thaw waits too, else the checkpoint, which keeps an app that was
+	// frozen when it started frozen, would undo it.
+	inPSB, release = make(chan struct{}), make(chan struct{})
+	once = sync.Once{}
+	go func() {
+		_, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{Observer: func(ev Event) {
+			if ev.Phase == PSB && ev.End {
+				once.Do(func() { close(inPSB); <-release })
+			}
+		}})
+		done <- err
+	}()
+	select {
+	case <-inPSB:
+	case err := <-done:
+		t.Fatalf("checkpoint ended before its barrier: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no barrier in 30s")
+	}
+	thawed := make(chan error, 1)
+	go func() { thawed <- e.Thaw(a.name) }()
+	select {
+	case err := <-thawed:
+		close(release)
+		t.Fatalf("Thaw returned (%v) while a checkpoint held the app", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	select {
+	case err := <-thawed:
+		if err != nil {
+			t.Fatalf("Thaw after the checkpoint: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Thaw still waits 30s after the checkpoint ended")
+	}
+	if frozen(t, e, a.name) {
+		t.Fatal("the app stays frozen after Thaw")
 	}
 	stopAndWait(t, e, a.name)
 }

@@ -47,9 +47,19 @@ func (e *Engine) Freeze(ctx context.Context, name string) error {
 	return cg.Freeze(ctx)
 }
 
-// Thaw resumes an app stopped by Freeze.
+// Thaw resumes an app stopped by Freeze. Like Freeze, it waits for a
+// checkpoint or restore under way to end: a checkpoint that started on a
+// frozen app leaves it frozen when it ends, which would undo a thaw made
+// meanwhile.
 func (e *Engine) Thaw(name string) error {
 	if err := ValidName(name); err != nil {
+		return err
+	}
+	unlock, err := e.lockWait(context.Background(), name, freezeLockWait)
+	switch {
+	case err == nil:
+		defer unlock()
+	case !errors.Is(err, ErrNoApp): // an app removed meanwhile: thaw what is left
 		return err
 	}
 	cg, err := freezer.Open(e.cfg.Freezer, name)
