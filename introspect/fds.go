@@ -51,6 +51,9 @@ type fdCtx struct {
 	infoErr    bool
 	unreadable func(string, error)
 	pidStr     string // decimal pid, made on first use
+	// rec is the iterator's record of the descriptor being classified:
+	// when set, its stat and open mode are used instead of procfs calls.
+	rec *fdRec
 }
 
 // fdinfo reads /proc/PID/fdinfo/NAME.
@@ -81,6 +84,9 @@ func (c *fdCtx) fdinfo(name string, extra bool) (fdinfo, bool) {
 // access returns the open mode of descriptor name from its link's
 // permission bits.
 func (c *fdCtx) access(name string) string {
+	if c.rec != nil {
+		return c.rec.access()
+	}
 	var st unix.Stat_t
 	if c.s.r.fstatat(c.fdDir, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
 		return ""
@@ -102,6 +108,11 @@ func (c *fdCtx) access(name string) string {
 // readlinks; a frozen tree has none, a running one shows it in the next
 // scan.
 func (s *scanner) readFDs(pf *procFiles, p *Process, unreadable func(string, error)) {
+	if s.iter != nil && s.iter.covers(p.PID) {
+		s.readFDsIter(pf, p, s.iter.recs[p.PID], unreadable)
+		return
+	}
+	s.procfsFDs++
 	fdDir, fresh, err := s.sc.openFDDir(pf)
 	if err != nil {
 		unreadable("fds", err)
@@ -177,6 +188,48 @@ func (s *scanner) readFDs(pf *procFiles, p *Process, unreadable func(string, err
 	pf.fds = append(pf.fds[:0], open...)
 }
 
+// readFDsIter is readFDs from the iterator's records of p. A link too
+// long for a record is read from procfs.
+func (s *scanner) readFDsIter(pf *procFiles, p *Process, recs []fdRec, unreadable func(string, error)) {
+	c := &fdCtx{s: s, p: p, dfd: pf.dir, fdDir: -1, unreadable: unreadable}
+	defer func() {
+		if c.infoDir > 0 {
+			s.r.close(c.infoDir)
+		}
+	}()
+	fds := pf.fds[:0]
+	linkErr := false
+	for i := range recs {
+		r := &recs[i]
+		if r.threadOnly {
+			continue
+		}
+		name := s.sc.fdName(r.fd)
+		link := r.link
+		if link == nil {
+			var err error
+			if c.fdDir < 0 {
+				c.fdDir, _, err = s.sc.openFDDir(pf)
+			}
+			if err == nil {
+				link, err = s.r.readlinkBytes(c.fdDir, name)
+			}
+			if err != nil {
+				if !isGone(err) && !linkErr {
+					linkErr = true
+					unreadable("fd "+name, err)
+				}
+				continue
+			}
+		}
+		c.rec = r
+		p.FDCount++
+		c.classify(r.fd, name, link)
+		fds = append(fds, r.fd)
+	}
+	pf.fds = fds
+}
+
 var (
 	prefixSocket = []byte("socket:[")
 	prefixPipe   = []byte("pipe:[")
@@ -201,7 +254,7 @@ func (c *fdCtx) classify(fd int, name string, link []byte) {
 		u.holders = append(u.holders, h)
 	case bytes.HasPrefix(link, prefixPipe):
 		ino, _ := bracketNum(link)
-		if s.cfg.PipeAccess {
+		if s.cfg.PipeAccess || c.rec != nil {
 			h.Access = c.access(name)
 		}
 		n := s.pipes[ino]
@@ -250,6 +303,9 @@ func (s *scanner) pipeEnds() {
 		}
 		for i := range n.Holders {
 			h := &n.Holders[i]
+			if h.Access != "" {
+				continue // read along with the descriptor
+			}
 			buf = strconv.AppendInt(buf[:0], int64(h.PID), 10)
 			buf = strconv.AppendInt(append(buf, "/fd/"...), int64(h.FD), 10)
 			var st unix.Stat_t
@@ -311,6 +367,9 @@ type fileStat struct {
 // ID of the path's node, which the table key shares.
 func (c *fdCtx) statPath(name string, path []byte, deleted bool, fileID *string) (fileStat, error) {
 	mntns := c.p.Namespaces["mnt"]
+	if c.rec != nil {
+		return c.rec.st, nil
+	}
 	byPath := c.s.stats[mntns]
 	if !deleted && byPath != nil {
 		if st, ok := byPath[string(path)]; ok {

@@ -241,6 +241,11 @@ func (sc *Scanner) Close() error {
 		sc.r.close(sc.procFD)
 		sc.procFD = 0
 	}
+	if sc.fileNr > 0 {
+		sc.r.close(sc.fileNr)
+		sc.fileNr = 0
+	}
+	sc.recs = nil
 	return nil
 }
 

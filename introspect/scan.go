@@ -57,6 +57,17 @@ type Scanner struct {
 	// lastThreads is the number of threads the last scan found; it picks
 	// the cheaper way to discover the next tree.
 	lastThreads int
+	// recs are the descriptors the BPF iterator read (see fditer.go);
+	// iterErr says why it cannot be used.
+	recs     *fdRecs
+	iterErr  error
+	lastPIDs []int // the processes of the last scan, which the iterator reads
+	lastFDs  int   // the descriptors of the last scan
+	fileNr   int   // /proc/sys/fs/file-nr, kept open
+	// lastSource is FDSource of the last scan; forceIter uses the
+	// iterator whether it pays or not (tests).
+	lastSource string
+	forceIter  bool
 }
 
 // intern returns b as a string, shared with earlier equal strings. The
@@ -161,6 +172,50 @@ type scanner struct {
 	// internal holds the IDs of inet sockets whose peer is a socket of
 	// the tree.
 	internal map[string]bool
+	// iter holds the descriptors of the processes it covers, read at
+	// the start of the scan; nil when procfs is read instead.
+	iter *fdRecs
+	// later are the processes whose descriptors wait for a second
+	// iterator pass, after the tree is known; canIter says the Scanner
+	// has an iterator.
+	later   []laterFDs
+	canIter bool
+	// procfsFDs counts the processes whose descriptors were read through
+	// procfs.
+	procfsFDs int
+}
+
+// laterFDs is a process read but for its descriptors.
+type laterFDs struct {
+	pf         *procFiles
+	p          *Process
+	unreadable func(string, error)
+}
+
+// readLaterFDs reads the descriptors of the processes the first iterator
+// pass did not cover, with a second pass over the whole tree (which the
+// next scan's first pass then covers), or through procfs if it fails.
+func (s *scanner) readLaterFDs() {
+	if len(s.later) == 0 {
+		return
+	}
+	// The kernel counts a process's descriptors as the size of its
+	// /proc/PID/fd (Linux 6.2+; 0 before, and then procfs is read).
+	fds := 0
+	for _, l := range s.later {
+		if fdDir, _, err := s.sc.openFDDir(l.pf); err == nil {
+			fds += max(0, s.sc.fdCount(fdDir))
+		}
+	}
+	s.iter = nil
+	if fds > 0 && s.sc.iterPays(fds) {
+		s.iter = s.sc.readIter(s.order)
+	}
+	for _, l := range s.later {
+		s.readFDs(l.pf, l.p, l.unreadable)
+		s.sc.releaseProc(l.p.PID, l.pf)
+	}
+	s.later = nil
 }
 
 // scanSizes are the sizes of a scan's tables, which the next scan of the
@@ -226,6 +281,18 @@ func (s *scanner) run(ctx context.Context, root int) error {
 			}
 		}
 	}
+	// Descriptors: the processes of the last scan in one iterator pass
+	// now, if that pays, and the others in a second pass once the tree
+	// is known (readLaterFDs).
+	s.canIter = s.sc.iterPossible()
+	if s.canIter && s.sc.lastFDs > 0 && s.sc.iterPays(s.sc.lastFDs) {
+		s.iter = s.sc.readIter(append(s.sc.lastPIDs, root))
+	}
+	defer func() {
+		for _, l := range s.later { // a scan that ended early
+			s.sc.releaseProc(l.p.PID, l.pf)
+		}
+	}()
 	queue := []int{root}
 	seen := map[int]bool{root: true}
 	rootPidNS := uint64(0)
@@ -269,6 +336,24 @@ func (s *scanner) run(ctx context.Context, root int) error {
 		}
 	}
 	s.sc.lastThreads = threads
+	s.readLaterFDs()
+	s.sc.lastPIDs = append(s.sc.lastPIDs[:0], s.order...)
+	s.sc.lastFDs = 0
+	for _, pid := range s.order {
+		if n := s.procs[pid]; n != nil {
+			s.sc.lastFDs += n.Process.FDCount
+		}
+	}
+	switch {
+	case s.procfsFDs == 0:
+		s.sc.lastSource = "bpf-iterator"
+	case s.canIter && !iterLoaded.Load():
+		s.sc.lastSource = "procfs (bpf iterator loading)"
+	case s.canIter && s.sc.iterErr == nil:
+		s.sc.lastSource = fmt.Sprintf("procfs for %d processes (an iterator pass costs more than their descriptors)", s.procfsFDs)
+	default:
+		s.sc.lastSource = "procfs"
+	}
 	defer func() {
 		s.sc.lastNodes = len(s.nodes)
 		l := &s.sc.last
@@ -402,7 +487,12 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 		return nil, nil
 	}
 	pf := s.sc.cachedProc(pid)
-	defer s.sc.releaseProc(pid, pf)
+	deferred := false
+	defer func() {
+		if !deferred {
+			s.sc.releaseProc(pid, pf)
+		}
+	}()
 	// The stat comes first: reading it checks that kept files still
 	// belong to this process (the pid may have been reused).
 	var st statInfo
@@ -493,6 +583,13 @@ func (s *scanner) readProcess(pid int, isRoot bool, pre *statInfo, wantChildren 
 
 	children := s.readThreads(dfd, p, wantChildren, unreadable)
 	s.readMappings(pf, p, unreadable)
+	if s.canIter && (s.iter == nil || !s.iter.covers(pid)) {
+		// A process the iterator did not read (new since the last
+		// scan): read it with the others after the tree is known.
+		deferred = true
+		s.later = append(s.later, laterFDs{pf, p, unreadable})
+		return children, nil
+	}
 	s.readFDs(pf, p, unreadable)
 	return children, nil
 }

@@ -8,7 +8,8 @@
 // A role prints one JSON line starting with "ready " on stdout when its
 // tree is complete, then reads commands from stdin (app: "fork MS" starts a
 // child that lives MS milliseconds and prints "forked NSPID"; "open NAME"
-// and "close NAME" open and close a file in DIR). It exits when stdin
+// and "close NAME" open and close a file in DIR; "thread-open NAME" opens
+// one in a thread with a descriptor table of its own). It exits when stdin
 // closes.
 package main
 
@@ -263,6 +264,38 @@ func app(extAddr, dir, unixName string) error {
 			}
 			opened[cmd[1]] = f
 			fmt.Printf("opened %s\n", f.Name())
+		case cmd[0] == "thread-open" && len(cmd) == 2:
+			// A thread with a descriptor table of its own, which
+			// /proc/PID/fd (the leader's table) does not show.
+			done := make(chan string)
+			var open func()
+			open = func() {
+				runtime.LockOSThread() // never unlocked: the thread keeps its table
+				if unix.Gettid() == os.Getpid() {
+					// Keep the main thread, the leader, and try
+					// again on another.
+					go open()
+					select {}
+				}
+				if err := unix.Unshare(unix.CLONE_FILES); err != nil {
+					done <- err.Error()
+					return
+				}
+				f, err := os.Create(filepath.Join(dir, cmd[1]))
+				if err != nil {
+					done <- err.Error()
+					return
+				}
+				done <- ""
+				runtime.KeepAlive(f)
+				select {}
+			}
+			go open()
+			if msg := <-done; msg != "" {
+				fmt.Fprintln(os.Stderr, "appsim: thread-open:", msg)
+				return
+			}
+			fmt.Printf("thread-opened %s\n", cmd[1])
 		case cmd[0] == "close" && len(cmd) == 2:
 			if f := opened[cmd[1]]; f != nil {
 				f.Close()
