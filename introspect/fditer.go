@@ -615,3 +615,10 @@ func (sc *Scanner) FDSource() string {
 	}
 	return "procfs (no scan yet)"
 }
+
+// FDIteratorStatus loads the BPF iterator if it is not yet (which takes
+// tens of milliseconds) and returns nil if scans can use it, or why not.
+func FDIteratorStatus() error {
+	_, err := loadFDIter()
+	return err
+}

@@ -176,10 +176,13 @@ type scanner struct {
 	// the start of the scan; nil when procfs is read instead.
 	iter *fdRecs
 	// later are the processes whose descriptors wait for a second
-	// iterator pass, after the tree is known; canIter says the Scanner
-	// has an iterator.
+	// iterator pass, after the tree is known; canIter says this scan
+	// may use the iterator.
 	later   []laterFDs
 	canIter bool
+	// notPaying says the last scan's descriptors were too few for an
+	// iterator pass to pay.
+	notPaying bool
 	// procfsFDs counts the processes whose descriptors were read through
 	// procfs.
 	procfsFDs int
@@ -285,8 +288,12 @@ func (s *scanner) run(ctx context.Context, root int) error {
 	// now, if that pays, and the others in a second pass once the tree
 	// is known (readLaterFDs).
 	s.canIter = s.sc.iterPossible()
-	if s.canIter && s.sc.lastFDs > 0 && s.sc.iterPays(s.sc.lastFDs) {
-		s.iter = s.sc.readIter(append(s.sc.lastPIDs, root))
+	if s.canIter && s.sc.lastFDs > 0 {
+		if s.sc.iterPays(s.sc.lastFDs) {
+			s.iter = s.sc.readIter(append(s.sc.lastPIDs, root))
+		} else {
+			s.canIter, s.notPaying = false, true
+		}
 	}
 	defer func() {
 		for _, l := range s.later { // a scan that ended early
@@ -349,7 +356,7 @@ func (s *scanner) run(ctx context.Context, root int) error {
 		s.sc.lastSource = "bpf-iterator"
 	case s.canIter && !iterLoaded.Load():
 		s.sc.lastSource = "procfs (bpf iterator loading)"
-	case s.canIter && s.sc.iterErr == nil:
+	case s.notPaying || s.canIter && s.sc.iterErr == nil:
 		s.sc.lastSource = fmt.Sprintf("procfs for %d processes (an iterator pass costs more than their descriptors)", s.procfsFDs)
 	default:
 		s.sc.lastSource = "procfs"

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"doppel/introspect"
 	"doppel/replicate/criu"
 )
 
@@ -98,8 +99,19 @@ func Run(ctx context.Context, cfg Config) []Check {
 		}
 	}
 	out = append(out, checkFreezer(cfg.CgroupRoot))
+	out = append(out, checkFDIterator())
 	out = append(out, checkStateDir(cfg))
 	return out
+}
+
+// checkFDIterator says whether resource scans can read descriptors with
+// the BPF iterator; without it they read procfs, at about twice the CPU.
+func checkFDIterator() Check {
+	if err := introspect.FDIteratorStatus(); err != nil {
+		return Check{Name: "descriptor scan", Status: Warn, Detail: "procfs only: " + err.Error(),
+			Fix: "needs root and a kernel with BTF (CONFIG_DEBUG_INFO_BTF, Linux 5.10+); scans of large apps cost about twice the CPU without it"}
+	}
+	return Check{Name: "descriptor scan", Status: OK, Detail: "BPF task_file iterator (one pass per scan)"}
 }
 
 // Failed reports whether any check failed.
