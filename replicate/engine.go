@@ -224,6 +224,12 @@ func (e *Engine) Close() error {
 		e.log.Warn("cannot remove the work directory", "dir", e.cfg.WorkDir, "err", rerr)
 	}
 	e.workLock.Close()
+	// The freezer cgroups of the apps not running here (moved away,
+	// stopped, never restored) would otherwise pile up, one per app and
+	// state directory; a running app's stays.
+	if serr := freezer.Sweep(e.cfg.Freezer); serr != nil {
+		e.log.Warn("cannot sweep the freezer cgroups", "err", serr)
+	}
 	return err
 }
 

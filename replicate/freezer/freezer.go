@@ -63,6 +63,38 @@ func Open(cfg Config, app string) (*Cgroup, error) {
 	return &Cgroup{Path: p, v2: v2, poll: poll}, nil
 }
 
+// Sweep removes the app cgroups under cfg's parent that hold no process,
+// then the parent if nothing is left in it. A cgroup with processes (an
+// app still running) stays: the kernel refuses to remove it. Open
+// creates a removed cgroup again when its app next runs.
+func Sweep(cfg Config) error {
+	base, _, err := hierarchy(cfg.Root)
+	if err != nil {
+		return err
+	}
+	parent := filepath.Join(base, cfg.Parent)
+	if filepath.Clean(parent) == filepath.Clean(base) {
+		return fmt.Errorf("freezer: sweep of the hierarchy's root %s refused", base)
+	}
+	entries, err := os.ReadDir(parent)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("freezer: sweep: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		// The kernel refuses (EBUSY) to remove a cgroup with a
+		// process in it, atomically.
+		_ = os.Remove(filepath.Join(parent, e.Name()))
+	}
+	_ = os.Remove(parent) // ENOTEMPTY or EBUSY while anything is left
+	return nil
+}
+
 // hierarchy finds the freezer: the v1 controller's mount, or the v2 root.
 func hierarchy(root string) (string, bool, error) {
 	if st, err := os.Stat(filepath.Join(root, "freezer")); err == nil && st.IsDir() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -156,5 +157,65 @@ func TestFreezeSettlesVfork(t *testing.T) {
 	t.Logf("the kernel's freeze alone left a task in vfork wait %d times in 200", caught)
 	if caught == 0 {
 		t.Errorf("no freeze caught a task in vfork wait: the test did not exercise Freeze's retry")
+	}
+}
+
+// TestSweep checks that Sweep removes the empty app cgroups and then
+// their parent, and leaves a cgroup with a process in it.
+func TestSweep(t *testing.T) {
+	openOrSkip(t)
+	cfg := DefaultConfig()
+	cfg.Parent = "doppel-sweep-test"
+	busy, err := Open(cfg, "busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, err := Open(cfg, "idle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = busy.Remove()
+		_ = idle.Remove()
+		_ = Sweep(cfg)
+	})
+	if err := busy.Add(cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := Sweep(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(idle.Path); !os.IsNotExist(err) {
+		t.Errorf("the empty cgroup is still there (%v)", err)
+	}
+	if pids, err := busy.Pids(); err != nil || len(pids) != 1 {
+		t.Fatalf("the busy cgroup: pids %v, %v; want the sleep in it", pids, err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	// The kernel moves the exited process out; wait for it.
+	deadline := time.Now().Add(5 * time.Second)
+	for pids, _ := busy.Pids(); len(pids) > 0; pids, _ = busy.Pids() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sleep is still in its cgroup: %v", pids)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := Sweep(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Dir(busy.Path)); !os.IsNotExist(err) {
+		t.Errorf("the parent is still there after its last cgroup emptied (%v)", err)
+	}
+	root := DefaultConfig()
+	root.Parent = ""
+	if err := Sweep(root); err == nil {
+		t.Error("Sweep of the hierarchy's root was not refused")
 	}
 }
