@@ -593,7 +593,11 @@ func (sc *Scanner) iterPays(treeFDs int) bool {
 	if err != nil {
 		return true
 	}
-	n, ok := atoiBytes(bytes.Fields(b)[0])
+	fields := bytes.Fields(b)
+	if len(fields) == 0 {
+		return true
+	}
+	n, ok := atoiBytes(fields[0])
 	if !ok {
 		return true
 	}
