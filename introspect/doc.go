@@ -35,7 +35,7 @@
 //
 // As root on a kernel with BTF, a Scanner reads the descriptors of a large
 // tree with one pass of a BPF task_file iterator instead (fditer.go): one
-// record per descriptor with its link text, open mode, offset and inode,
+// record per descriptor with its link text, open mode and inode,
 // for the processes of a pid filter. That takes the scan of a 100-process,
 // 5000-descriptor tree from about 60 to about 32 ms of CPU
 // (BenchmarkScan/checkpoint against checkpoint-procfs) and from 9 300 to

@@ -23,7 +23,7 @@ import (
 // walks every open file of every task and, for the processes of the tree
 // (a hash map of their pids), writes one record with what the procfs path
 // needs three calls for: the link text (bpf_d_path, the function readlink
-// of /proc/PID/fd/N uses), the open mode and flags, the offset, and the
+// of /proc/PID/fd/N uses), the open mode and flags, and the
 // inode's type, number, size and devices. One read of the iterator then
 // gives the descriptors of the whole tree: on a 100-process, 5 000-fd tree
 // it replaces about 8 000 procfs calls.
@@ -51,7 +51,7 @@ const (
 	recFlags   = 12
 	recFMode   = 16
 	recIMode   = 20
-	recPos     = 24
+	recPad     = 24 // unused
 	recIno     = 32
 	recSize    = 40
 	recRdev    = 48
@@ -71,7 +71,6 @@ type fdRec struct {
 	flags      uint32 // f_flags, as fdinfo shows them
 	fmode      uint32
 	st         fileStat
-	pos        int64
 	link       []byte // nil when the link did not fit; valid until the next read
 	threadOnly bool   // a thread's own table, which procfs does not show
 }
@@ -92,7 +91,7 @@ func (r *fdRec) access() string {
 // kernelLayout are the offsets, in bytes, of the fields the program reads.
 type kernelLayout struct {
 	taskTGID, taskPID                         int16
-	fileFlags, fileMode, filePos, fileInode   int16
+	fileFlags, fileMode, fileInode            int16
 	filePath                                  int16
 	inodeMode, inodeIno, inodeSize, inodeRdev int16
 	inodeSB, sbDev                            int16
@@ -112,38 +111,28 @@ func loadLayout() (kernelLayout, error) {
 			layoutErr = err
 			return
 		}
-		var firstErr error
 		off := func(typ, field string) int16 {
 			var s *btf.Struct
-			if err := spec.TypeByName(typ, &s); err != nil {
-				firstErr = cmpErr(firstErr, fmt.Errorf("struct %s: %w", typ, err))
-				return 0
+			err := spec.TypeByName(typ, &s)
+			o, ok := uint32(0), false
+			if err == nil {
+				o, ok = memberOffset(s.Members, field)
 			}
-			o, ok := memberOffset(s.Members, field)
-			if !ok || o > 1<<15-8 {
-				firstErr = cmpErr(firstErr, fmt.Errorf("no field %s.%s in the kernel's BTF", typ, field))
+			if (!ok || o > 1<<15-8) && layoutErr == nil {
+				layoutErr = fmt.Errorf("no field %s.%s in the kernel's BTF (%v)", typ, field, err)
 			}
 			return int16(o)
 		}
 		layout = kernelLayout{
 			taskTGID: off("task_struct", "tgid"), taskPID: off("task_struct", "pid"),
 			fileFlags: off("file", "f_flags"), fileMode: off("file", "f_mode"),
-			filePos: off("file", "f_pos"), fileInode: off("file", "f_inode"),
-			filePath:  off("file", "f_path"),
+			fileInode: off("file", "f_inode"), filePath: off("file", "f_path"),
 			inodeMode: off("inode", "i_mode"), inodeIno: off("inode", "i_ino"),
 			inodeSize: off("inode", "i_size"), inodeRdev: off("inode", "i_rdev"),
 			inodeSB: off("inode", "i_sb"), sbDev: off("super_block", "s_dev"),
 		}
-		layoutErr = firstErr
 	})
 	return layout, layoutErr
-}
-
-func cmpErr(first, err error) error {
-	if first != nil {
-		return first
-	}
-	return err
 }
 
 // memberOffset finds field in ms, looking into anonymous structs and
@@ -200,8 +189,8 @@ func fdProgram(l kernelLayout, pids *ebpf.Map) asm.Instructions {
 		st(recFlags, asm.R2, asm.Word),
 		asm.LoadMem(asm.R2, asm.R8, l.fileMode, asm.Word),
 		st(recFMode, asm.R2, asm.Word),
-		asm.LoadMem(asm.R2, asm.R8, l.filePos, asm.DWord),
-		st(recPos, asm.R2, asm.DWord),
+		asm.StoreImm(asm.RFP, rec+recPad, 0, asm.Word),
+		asm.StoreImm(asm.RFP, rec+recPad+4, 0, asm.Word),
 		asm.LoadMem(asm.R3, asm.R8, l.fileInode, asm.DWord),
 		asm.LoadMem(asm.R2, asm.R3, l.inodeMode, asm.Half),
 		st(recIMode, asm.R2, asm.Word),
@@ -431,7 +420,6 @@ func (r *fdRecs) parse(n int) error {
 			fd:    int(le.Uint32(b[recFD:])),
 			flags: le.Uint32(b[recFlags:]),
 			fmode: le.Uint32(b[recFMode:]),
-			pos:   int64(le.Uint64(b[recPos:])),
 			st: fileStat{
 				mode: le.Uint32(b[recIMode:]),
 				ino:  le.Uint64(b[recIno:]),

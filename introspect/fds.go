@@ -292,19 +292,25 @@ func (s *scanner) pipeEnds() {
 	if s.cfg.PipeAccess {
 		return
 	}
-	root, err := s.sc.procRootFD()
-	if err != nil {
-		return
-	}
+	root := -1
 	var buf []byte
 	for _, n := range s.pipes {
-		if len(n.Outside) == 0 && !heldByMany(n.Holders) {
-			continue
-		}
+		need := len(n.Outside) > 0 || heldByMany(n.Holders)
 		for i := range n.Holders {
 			h := &n.Holders[i]
-			if h.Access != "" {
+			switch {
+			case !need:
+				// The iterator reads every end's mode; the graph says
+				// the same whichever source read the descriptors.
+				h.Access = ""
+				continue
+			case h.Access != "":
 				continue // read along with the descriptor
+			case root < 0:
+				var err error
+				if root, err = s.sc.procRootFD(); err != nil {
+					return
+				}
 			}
 			buf = strconv.AppendInt(buf[:0], int64(h.PID), 10)
 			buf = strconv.AppendInt(append(buf, "/fd/"...), int64(h.FD), 10)
@@ -366,10 +372,10 @@ type fileStat struct {
 // When it stores path as a string, it returns "file:"+path in *fileID, the
 // ID of the path's node, which the table key shares.
 func (c *fdCtx) statPath(name string, path []byte, deleted bool, fileID *string) (fileStat, error) {
-	mntns := c.p.Namespaces["mnt"]
 	if c.rec != nil {
 		return c.rec.st, nil
 	}
+	mntns := c.p.Namespaces["mnt"]
 	byPath := c.s.stats[mntns]
 	if !deleted && byPath != nil {
 		if st, ok := byPath[string(path)]; ok {

@@ -180,13 +180,15 @@ type scanner struct {
 	// may use the iterator.
 	later   []laterFDs
 	canIter bool
-	// notPaying says the last scan's descriptors were too few for an
-	// iterator pass to pay.
-	notPaying bool
+	// procfsWhy says why descriptors went through procfs, for FDSource.
+	procfsWhy string
 	// procfsFDs counts the processes whose descriptors were read through
 	// procfs.
 	procfsFDs int
 }
+
+// notPaying is why a scan reads procfs when the iterator does not pay.
+const notPaying = "an iterator pass costs more than their descriptors"
 
 // laterFDs is a process read but for its descriptors.
 type laterFDs struct {
@@ -196,8 +198,8 @@ type laterFDs struct {
 }
 
 // readLaterFDs reads the descriptors of the processes the first iterator
-// pass did not cover, with a second pass over the whole tree (which the
-// next scan's first pass then covers), or through procfs if it fails.
+// pass did not cover, with a second pass over just those, or through
+// procfs if that does not pay or fails.
 func (s *scanner) readLaterFDs() {
 	if len(s.later) == 0 {
 		return
@@ -212,7 +214,13 @@ func (s *scanner) readLaterFDs() {
 	}
 	s.iter = nil
 	if fds > 0 && s.sc.iterPays(fds) {
-		s.iter = s.sc.readIter(s.order)
+		pids := make([]int, len(s.later))
+		for i, l := range s.later {
+			pids[i] = l.p.PID
+		}
+		s.iter = s.sc.readIter(pids)
+	} else {
+		s.procfsWhy = notPaying
 	}
 	for _, l := range s.later {
 		s.readFDs(l.pf, l.p, l.unreadable)
@@ -292,7 +300,7 @@ func (s *scanner) run(ctx context.Context, root int) error {
 		if s.sc.iterPays(s.sc.lastFDs) {
 			s.iter = s.sc.readIter(append(s.sc.lastPIDs, root))
 		} else {
-			s.canIter, s.notPaying = false, true
+			s.canIter, s.procfsWhy = false, notPaying
 		}
 	}
 	defer func() {
@@ -355,9 +363,10 @@ func (s *scanner) run(ctx context.Context, root int) error {
 	case s.procfsFDs == 0:
 		s.sc.lastSource = "bpf-iterator"
 	case s.canIter && !iterLoaded.Load():
-		s.sc.lastSource = "procfs (bpf iterator loading)"
-	case s.notPaying || s.canIter && s.sc.iterErr == nil:
-		s.sc.lastSource = fmt.Sprintf("procfs for %d processes (an iterator pass costs more than their descriptors)", s.procfsFDs)
+		s.procfsWhy = "bpf iterator loading"
+		fallthrough
+	case s.procfsWhy != "":
+		s.sc.lastSource = fmt.Sprintf("procfs for %d processes (%s)", s.procfsFDs, s.procfsWhy)
 	default:
 		s.sc.lastSource = "procfs"
 	}
