@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 )
 
 // Kind of an entry.
@@ -51,18 +52,21 @@ type Journal struct {
 	// acknowledgement, nor an acknowledgement the streams.
 	changed  chan struct{}
 	storedCh chan struct{}
-	entries  []Entry // entries[i].Seq == first+i
-	first    uint64  // seq of entries[0] (or next seq when empty)
-	last     uint64  // highest seq appended or received
-	stored   uint64  // highest seq some clone acknowledged
-	acked    map[string]uint64
-	bytes    int64
-	closed   bool
+	// ackCh is closed and replaced when any clone's acknowledgement
+	// advances: a stream waits on it for its batch in flight.
+	ackCh   chan struct{}
+	entries []Entry // entries[i].Seq == first+i
+	first   uint64  // seq of entries[0] (or next seq when empty)
+	last    uint64  // highest seq appended or received
+	stored  uint64  // highest seq some clone acknowledged
+	acked   map[string]uint64
+	bytes   int64
+	closed  bool
 }
 
 // New returns a journal whose next appended entry gets seq after+1.
 func New(after uint64) *Journal {
-	return &Journal{changed: make(chan struct{}), storedCh: make(chan struct{}), first: after + 1, last: after, stored: after, acked: map[string]uint64{}}
+	return &Journal{changed: make(chan struct{}), storedCh: make(chan struct{}), ackCh: make(chan struct{}), first: after + 1, last: after, stored: after, acked: map[string]uint64{}}
 }
 
 // notify wakes the waiters for entries.
@@ -116,10 +120,31 @@ func (j *Journal) Ack(clone string, seq uint64) {
 	defer j.mu.Unlock()
 	if seq > j.acked[clone] {
 		j.acked[clone] = seq
+		close(j.ackCh)
+		j.ackCh = make(chan struct{})
 	}
 	if seq > j.stored {
 		j.stored = seq
 		j.notifyStored()
+	}
+}
+
+// waitAcked blocks until clone acknowledged seq, the journal restarted
+// below seq (a trim or reset), or ctx ends.
+func (j *Journal) waitAcked(ctx context.Context, clone string, seq uint64) error {
+	for {
+		j.mu.Lock()
+		if j.acked[clone] >= seq || j.closed {
+			j.mu.Unlock()
+			return nil
+		}
+		ch := j.ackCh
+		j.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
 	}
 }
 
@@ -130,8 +155,12 @@ func (j *Journal) Forget(clone string) {
 	delete(j.acked, clone)
 }
 
-// WaitStored blocks until some clone acknowledged seq (sync mode).
-func (j *Journal) WaitStored(ctx context.Context, seq uint64) error {
+// WaitStored blocks until some clone acknowledged seq (sync mode), or
+// for at most timeout when it is positive (context.DeadlineExceeded). The
+// proxy waits here for every message: a timer per wait is cheaper than a
+// context per wait.
+func (j *Journal) WaitStored(ctx context.Context, seq uint64, timeout time.Duration) error {
+	var expired <-chan time.Time
 	for {
 		j.mu.Lock()
 		if j.stored >= seq {
@@ -144,9 +173,16 @@ func (j *Journal) WaitStored(ctx context.Context, seq uint64) error {
 		}
 		ch := j.storedCh
 		j.mu.Unlock()
+		if expired == nil && timeout > 0 {
+			t := time.NewTimer(timeout)
+			defer t.Stop()
+			expired = t.C
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-expired:
+			return context.DeadlineExceeded
 		case <-ch:
 		}
 	}
@@ -160,7 +196,9 @@ func (j *Journal) Next(ctx context.Context, after uint64, max int) ([]Entry, err
 			j.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if after+1 < j.first && j.first <= j.last {
+		// Entries after seq are gone, whether newer ones are held or
+		// not (a trim can empty the journal past a reader's position).
+		if after+1 < j.first {
 			j.mu.Unlock()
 			return nil, fmt.Errorf("%w: asked after %d, oldest is %d", ErrTrimmed, after, j.first)
 		}

@@ -2,9 +2,11 @@ package journal
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -52,15 +54,18 @@ func TestWaitStored(t *testing.T) {
 	seq := j.Append(1, KindData, []byte("x"))
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := j.WaitStored(ctx, seq); !errors.Is(err, context.DeadlineExceeded) {
+	if err := j.WaitStored(ctx, seq, 0); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("unacked wait: %v", err)
 	}
 	go j.Ack("c1", seq)
-	if err := j.WaitStored(ctxT(t), seq); err != nil {
+	if err := j.WaitStored(ctxT(t), seq, 0); err != nil {
 		t.Fatal(err)
 	}
+	if err := j.WaitStored(context.Background(), seq+1, 20*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("wait past its timeout: %v", err)
+	}
 	j.Close()
-	if err := j.WaitStored(ctxT(t), seq+1); !errors.Is(err, ErrClosed) {
+	if err := j.WaitStored(ctxT(t), seq+1, 0); !errors.Is(err, ErrClosed) {
 		t.Fatalf("closed: %v", err)
 	}
 }
@@ -103,7 +108,7 @@ func TestStream(t *testing.T) {
 	for i := 0; i < 1000; i++ {
 		last = op.Append(uint64(i%7), KindData, []byte(fmt.Sprintf("msg %d\n", i)))
 	}
-	if err := op.WaitStored(ctxT(t), last); err != nil {
+	if err := op.WaitStored(ctxT(t), last, 0); err != nil {
 		t.Fatal(err)
 	}
 	es := clone.Since(0)
@@ -121,7 +126,7 @@ func TestStreamResetsLaggingClone(t *testing.T) {
 	clone := New(3) // holds nothing past 3; 4..8 are gone on the OP
 	stop := replicate(t, op, clone, "c1")
 	defer stop()
-	if err := op.WaitStored(ctxT(t), 10); err != nil {
+	if err := op.WaitStored(ctxT(t), 10, 0); err != nil {
 		t.Fatal(err)
 	}
 	es := clone.Since(0)
@@ -150,5 +155,78 @@ func TestStreamGarbage(t *testing.T) {
 	}()
 	if err := Receive(ctxT(t), c, New(0)); !errors.Is(err, ErrProtocol) {
 		t.Fatalf("huge frame: %v", err)
+	}
+}
+
+// TestStreamOneBatchInFlight checks that a stream holds back new entries
+// until the clone acknowledged the batch it has, then sends them together.
+func TestStreamOneBatchInFlight(t *testing.T) {
+	op := New(0)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	ctx := ctxT(t)
+	go func() { _ = Send(ctx, a, op, "c1") }()
+	var hello [16]byte
+	copy(hello[:], magic[:])
+	if _, err := b.Write(hello[:]); err != nil {
+		t.Fatal(err)
+	}
+	readEntry := func() uint64 {
+		t.Helper()
+		typ, p, err := readFrame(b, nil)
+		if err != nil || typ != frameEntry || len(p) < 17 {
+			t.Fatalf("frame %d (%d bytes): %v", typ, len(p), err)
+		}
+		return binary.LittleEndian.Uint64(p)
+	}
+	op.Append(1, KindData, []byte("first"))
+	if seq := readEntry(); seq != 1 {
+		t.Fatalf("first entry has seq %d", seq)
+	}
+	for range 49 {
+		op.Append(1, KindData, []byte("more"))
+	}
+	// Nothing more may come before the acknowledgement.
+	_ = b.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, _, err := readFrame(b, nil); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("an entry came before the batch was acknowledged: %v", err)
+	}
+	_ = b.SetReadDeadline(time.Time{})
+	if err := writeAck(b, 1); err != nil {
+		t.Fatal(err)
+	}
+	for want := uint64(2); want <= 50; want++ {
+		if seq := readEntry(); seq != want {
+			t.Fatalf("entry %d after the ack, want %d", seq, want)
+		}
+	}
+	if err := writeAck(b, 50); err != nil {
+		t.Fatal(err)
+	}
+	if err := op.WaitStored(ctx, 50, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNextBehindEmptyJournal checks that a reader behind a journal that
+// holds no entries is told so at once (it used to get empty batches in a
+// busy loop until the next append).
+func TestNextBehindEmptyJournal(t *testing.T) {
+	j := New(0)
+	for range 5 {
+		j.Append(1, KindData, []byte("x"))
+	}
+	j.Trim(5)
+	if es, err := j.Next(ctxT(t), 2, 10); !errors.Is(err, ErrTrimmed) {
+		t.Fatalf("reader at 2 after a trim to 5: %d entries, %v", len(es), err)
+	}
+	if es, err := New(10).Next(ctxT(t), 0, 10); !errors.Is(err, ErrTrimmed) {
+		t.Fatalf("reader at 0 of a journal starting after 10: %d entries, %v", len(es), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if es, err := j.Next(ctx, 5, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("reader at the end: %d entries, %v (want a wait)", len(es), err)
 	}
 }

@@ -121,6 +121,15 @@ func Send(ctx context.Context, conn io.ReadWriter, j *Journal, clone string) err
 		}
 	}()
 
+	// stopped prefers the reason the acknowledgement reader stopped.
+	stopped := func(err error) error {
+		select {
+		case rerr := <-errc:
+			return fmt.Errorf("journal to %s: %w", clone, rerr)
+		default:
+			return err
+		}
+	}
 	bw := bufio.NewWriterSize(conn, 64<<10)
 	payload := make([]byte, 0, 4096)
 	for {
@@ -140,12 +149,7 @@ func Send(ctx context.Context, conn io.ReadWriter, j *Journal, clone string) err
 			continue
 		}
 		if err != nil {
-			select {
-			case rerr := <-errc:
-				return fmt.Errorf("journal to %s: %w", clone, rerr)
-			default:
-			}
-			return err
+			return stopped(err)
 		}
 		for _, e := range entries {
 			payload = binary.LittleEndian.AppendUint64(payload[:0], e.Seq)
@@ -159,6 +163,12 @@ func Send(ctx context.Context, conn io.ReadWriter, j *Journal, clone string) err
 		}
 		if err := bw.Flush(); err != nil {
 			return fmt.Errorf("journal to %s: %w", clone, err)
+		}
+		// One batch in flight: the entries appended while the clone
+		// stores this one go out together, so that under load a record,
+		// a wake-up and an acknowledgement serve many messages.
+		if err := j.waitAcked(ctx, clone, after); err != nil {
+			return stopped(err)
 		}
 	}
 }

@@ -383,10 +383,7 @@ func (p *Proxy) forward(cc *clientConn, msg []byte) error {
 	if p.cfg.Journal != JournalOff {
 		seq := p.j.Append(cc.id, journal.KindData, msg)
 		if p.cfg.Journal == JournalSync {
-			ctx, cancel := context.WithTimeout(p.ctx, p.cfg.StoreTimeout)
-			err := p.j.WaitStored(ctx, seq)
-			cancel()
-			if err != nil {
+			if err := p.j.WaitStored(p.ctx, seq, p.cfg.StoreTimeout); err != nil {
 				// Journaled but never acted on: a replay may still deliver
 				// it, which is what a client that got no reply must assume.
 				return fmt.Errorf("no clone stored message %d in %s: %w", seq, p.cfg.StoreTimeout, err)

@@ -121,7 +121,7 @@ func TestForwardAndJournal(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := j.WaitStored(ctx, 100); err != nil {
+			if err := j.WaitStored(ctx, 100, 0); err != nil {
 				t.Fatal(err)
 			}
 			es := cj.Since(0)
