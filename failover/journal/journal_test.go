@@ -230,3 +230,29 @@ func TestNextBehindEmptyJournal(t *testing.T) {
 		t.Fatalf("reader at the end: %d entries, %v (want a wait)", len(es), err)
 	}
 }
+
+// TestStreamResetsCloneBehindEmptyJournal checks that a clone behind a
+// journal trimmed empty is reset at once, not at the next append.
+func TestStreamResetsCloneBehindEmptyJournal(t *testing.T) {
+	op := New(0)
+	for range 10 {
+		op.Append(1, KindData, []byte("x"))
+	}
+	op.Trim(10)
+	clone := New(0)
+	for seq := uint64(1); seq <= 3; seq++ {
+		if err := clone.Put(Entry{Seq: seq, Conn: 1, Kind: KindData, Data: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stop := replicate(t, op, clone, "c1")
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := op.WaitStored(ctx, 10, 0); err != nil {
+		t.Fatalf("the clone never acknowledged the reset: %v", err)
+	}
+	if es := clone.Since(0); len(es) != 0 || clone.Last() != 10 {
+		t.Fatalf("clone after reset holds %d entries, last %d", len(es), clone.Last())
+	}
+}

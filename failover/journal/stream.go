@@ -142,8 +142,13 @@ func Send(ctx context.Context, conn io.ReadWriter, j *Journal, clone string) err
 			j.mu.Unlock()
 			var b [8]byte
 			binary.LittleEndian.PutUint64(b[:], start)
+			// Flushed at once: the journal may stay empty for a while,
+			// and the clone should not hold entries the OP dropped.
 			if err := writeFrame(bw, frameReset, b[:]); err != nil {
-				return err
+				return fmt.Errorf("journal to %s: %w", clone, err)
+			}
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("journal to %s: %w", clone, err)
 			}
 			after = start
 			continue
