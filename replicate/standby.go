@@ -37,6 +37,9 @@ type standby struct {
 	dir   string
 	epoch uint64                     // 0: empty (never filled, or dropped after an error)
 	files map[string]store.ImageFile // what dir holds
+	// digest is that of the epoch dir holds: a number alone does not say
+	// which OP made it.
+	digest store.Hash
 	// taken is the epoch a restore last took the directory at: the app
 	// runs from it here, so nothing up to it needs a standby any more.
 	taken uint64
@@ -81,13 +84,17 @@ func (s *standbys) drop(name string) {
 
 func (sb *standby) clear() {
 	_ = os.RemoveAll(sb.dir)
-	sb.epoch, sb.files = 0, nil
+	sb.epoch, sb.files, sb.digest = 0, nil, store.Hash{}
 }
 
 // update brings sb (locked) to epoch ep; on error sb is emptied, so that a
 // half-updated directory is never used.
 func (sb *standby) update(ctx context.Context, st *store.Store, ep *store.Epoch) error {
-	if sb.epoch == ep.Manifest.Epoch {
+	digest, err := ep.Digest()
+	if err != nil {
+		return err
+	}
+	if sb.epoch == ep.Manifest.Epoch && sb.digest == digest {
 		return nil
 	}
 	if sb.epoch == 0 {
@@ -132,7 +139,7 @@ func (sb *standby) update(ctx context.Context, st *store.Store, ep *store.Epoch)
 	for _, f := range ep.Images {
 		sb.files[f.Name] = f
 	}
-	sb.epoch = ep.Manifest.Epoch
+	sb.epoch, sb.digest = ep.Manifest.Epoch, digest
 	return nil
 }
 
@@ -211,7 +218,7 @@ func (e *Engine) takeStandby(ctx context.Context, ep *store.Epoch, dir string) b
 		sb.clear()
 		return false
 	}
-	sb.epoch, sb.files, sb.taken = 0, nil, ep.Manifest.Epoch
+	sb.epoch, sb.files, sb.digest, sb.taken = 0, nil, store.Hash{}, ep.Manifest.Epoch
 	e.standby.used.Add(1)
 	return true
 }

@@ -1,6 +1,7 @@
 package replicate
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -56,6 +57,69 @@ func TestStandbyLeavesRoomForDumps(t *testing.T) {
 		_, err := os.Stat(filepath.Join(e.cfg.WorkDir, "standby", "app"))
 		if got := err == nil; got != tc.want {
 			t.Errorf("%s work directory: standby copy made: %v, want %v", tc.size, got, tc.want)
+		}
+	}
+}
+
+// TestStandbyFollowsAReplacedEpoch: when the epoch a standby copy holds is
+// replaced by another OP's epoch of the same number (a deposed OP's epochs
+// dropped on receipt), the copy is brought to the new content before a
+// restore takes it, not reused for its number.
+func TestStandbyFollowsAReplacedEpoch(t *testing.T) {
+	e := newEngine(t, t.TempDir(), nil)
+	commit := func(seed uint64) *store.Epoch {
+		img := &storetest.Image{Procs: []storetest.Proc{{PID: 10, Regions: []storetest.Region{
+			{Vaddr: 0x400000, Pages: 64, Data: storetest.Memory(seed, 64)},
+		}}}, Files: map[string][]byte{"inventory.img": []byte("inventory")}}
+		dir := filepath.Join(t.TempDir(), "img")
+		if err := img.Write(dir); err != nil {
+			t.Fatal(err)
+		}
+		tx, err := e.Store().Begin("app", 1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Abort()
+		if err := tx.AddImageDir(t.Context(), dir); err != nil {
+			t.Fatal(err)
+		}
+		ep, err := tx.Commit(store.Manifest{Term: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep
+	}
+	commit(5)
+	if err := e.Standby(t.Context(), "app", 1); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Store().DiscardFrom("app", 1); err != nil || n != 1 {
+		t.Fatalf("DiscardFrom = %d, %v", n, err)
+	}
+	ep := commit(6)
+	// A restore takes the copy by a rename within the work directory.
+	wd, err := os.MkdirTemp(e.cfg.WorkDir, "taken-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(wd) })
+	taken := filepath.Join(wd, "app")
+	if !e.takeStandby(t.Context(), ep, taken) {
+		t.Fatal("standby not taken")
+	}
+	want := filepath.Join(t.TempDir(), "want")
+	if err := e.Store().Materialise(t.Context(), "app", 1, want); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(want)
+	if err != nil || len(ents) == 0 {
+		t.Fatalf("materialised %d files: %v", len(ents), err)
+	}
+	for _, f := range ents {
+		a, _ := os.ReadFile(filepath.Join(want, f.Name()))
+		b, err := os.ReadFile(filepath.Join(taken, f.Name()))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Fatalf("%s of the standby copy is not the new epoch's (%v)", f.Name(), err)
 		}
 	}
 }

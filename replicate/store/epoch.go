@@ -119,6 +119,18 @@ const (
 
 var epochMagic = [8]byte{'D', 'P', 'L', 'E', 'P', 'O', 'C', '1'}
 
+// Digest identifies the epoch's exact description (manifest, image files,
+// data set). Two stores hold the same epoch when their copies' digests
+// agree; two epochs of one number made by different OPs (a deposed OP
+// checkpoints until its lease runs out) do not.
+func (e *Epoch) Digest() (Hash, error) {
+	b, err := e.MarshalBinary()
+	if err != nil {
+		return Hash{}, err
+	}
+	return Sum(b), nil
+}
+
 // MarshalBinary encodes the epoch as stored in epoch.bin: a magic, the
 // manifest as JSON, the image files, the data set, and an xxh3-64 checksum of
 // everything before it.

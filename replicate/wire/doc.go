@@ -9,8 +9,10 @@
 // answers with an error frame. Then frames follow, in this order (S is the
 // sender, R the receiver):
 //
-//	S→R hello      app, epoch, parent
+//	S→R hello      app, epoch, parent, the epoch's digest, the parent's digest
+//	               (store.Epoch.Digest; zero: S offers no parent)
 //	R→S ready      bit 0: R holds the epoch; bit 1: R holds the parent
+//	               (same number and same digest in both cases)
 //	S→R meta...    the epoch description in chunks of up to 1 MiB
 //	S→R meta-end   encoding (0 full, 1 delta against the parent), length, xxh3-64
 //	R→S want...    bitmap over the epoch's distinct content hashes (order of
@@ -23,7 +25,12 @@
 //	R→S ack        epoch number, sent only after R committed and fsynced the epoch
 //
 // If R already holds the epoch, S sends end right after ready and R
-// acknowledges. Either side may send an error frame (UTF-8 text) instead of
+// acknowledges. An epoch R holds under either number with another digest
+// was made by another OP (a deposed one checkpoints until its lease runs
+// out): R deletes its epochs from that number on before it takes the
+// sender's (store.DiscardFrom), and a delta is never decoded against it.
+// Before it commits, R checks that the description it decoded has the
+// digest the hello announced. Either side may send an error frame (UTF-8 text) instead of
 // the frame due and give up; the peer returns ErrRemote with that text.
 //
 // The full description is store.Epoch.MarshalBinary; the delta encoding is

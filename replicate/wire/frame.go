@@ -13,7 +13,7 @@ import (
 // Version is the protocol version this package speaks. It changes when the
 // meaning of an existing message changes; new message types are appended to
 // the MsgType enum without changing it.
-const Version uint32 = 1
+const Version uint32 = 2 // 2: the hello carries the epoch's and the parent's digests
 
 // MsgType is the type of a frame. The enum is append-only: a value, once
 // used, keeps its meaning forever.
@@ -69,6 +69,9 @@ var (
 	ErrVersion = errors.New("wire protocol version mismatch")
 	// ErrRemote: the peer reported an error and gave up.
 	ErrRemote = errors.New("peer reported error")
+	// ErrDiverged: the receiver holds another epoch of the number sent (made
+	// by another OP) and could not drop it, as one is being read.
+	ErrDiverged = errors.New("receiver holds another epoch of that number")
 )
 
 // frameWriter writes frames; it is not safe for concurrent use.

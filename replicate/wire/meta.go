@@ -358,24 +358,33 @@ func (d *dec) ops(base []store.Hash, want int64) []store.Hash {
 type hello struct {
 	app           string
 	epoch, parent uint64
+	// digest identifies the epoch, parentDigest the sender's parent (zero
+	// when it has none to offer): a receiver holding another epoch under
+	// either number (made by another OP) must not take it for the
+	// sender's.
+	digest, parentDigest store.Hash
 }
 
 func (h hello) encode() []byte {
 	b := binary.AppendUvarint(nil, h.epoch)
 	b = binary.AppendUvarint(b, h.parent)
-	return appendString(b, h.app)
+	b = appendString(b, h.app)
+	b = append(b, h.digest[:]...)
+	return append(b, h.parentDigest[:]...)
 }
 
 func decodeHello(p []byte) (hello, error) {
 	d := &dec{b: p}
 	h := hello{epoch: d.uvarint(), parent: d.uvarint()}
 	h.app = string(d.bytes(256))
-	if d.err == nil && len(d.b) != 0 {
-		d.fail("trailing bytes")
+	if d.err == nil && len(d.b) != 2*len(h.digest) {
+		d.fail("no digests, or trailing bytes")
 	}
 	if d.err != nil {
 		return h, fmt.Errorf("hello: %w", d.err)
 	}
+	copy(h.digest[:], d.b)
+	copy(h.parentDigest[:], d.b[len(h.digest):])
 	if !store.ValidApp(h.app) || h.epoch == 0 || h.parent >= h.epoch {
 		return h, fmt.Errorf("%w: hello: app %q epoch %d parent %d", ErrProtocol, h.app, h.epoch, h.parent)
 	}

@@ -83,20 +83,41 @@ func (r *receiver) run() (*store.Epoch, error) {
 	}
 	r.stats.App, r.stats.Epoch, r.stats.Parent = h.app, h.epoch, h.parent
 
+	// Epochs this store holds under the epoch's or the parent's number
+	// with other digests were made by another OP: they go, from the
+	// lowest such number on, before anything is decoded against them.
+	diverged := uint64(0)
 	if ep, err := r.st.Load(h.app, h.epoch); err == nil {
-		r.stats.AlreadyHad = true
-		if err := r.fw.write(MsgReady, []byte{1}, false); err != nil {
-			return nil, err
+		if d, err := ep.Digest(); err == nil && d == h.digest {
+			r.stats.AlreadyHad = true
+			if err := r.fw.write(MsgReady, []byte{1}, false); err != nil {
+				return nil, err
+			}
+			r.stats.Handshake = time.Since(t0)
+			if _, err := r.fr.expect(MsgEnd); err != nil {
+				return nil, err
+			}
+			return ep, r.fw.write(MsgAck, uvarints(h.epoch), false)
 		}
-		r.stats.Handshake = time.Since(t0)
-		if _, err := r.fr.expect(MsgEnd); err != nil {
-			return nil, err
-		}
-		return ep, r.fw.write(MsgAck, uvarints(h.epoch), false)
+		diverged = h.epoch
 	}
 	var parent *store.Epoch
 	if h.parent != 0 {
-		parent, _ = r.st.Load(h.app, h.parent)
+		if p, err := r.st.Load(h.app, h.parent); err == nil {
+			if d, err := p.Digest(); err == nil && d == h.parentDigest {
+				parent = p
+			} else if h.parentDigest != (store.Hash{}) {
+				diverged = h.parent
+			}
+		}
+	}
+	if diverged != 0 {
+		n, err := r.st.DiscardFrom(h.app, diverged)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s epoch %d: %v", ErrDiverged, h.app, diverged, err)
+		}
+		r.cfg.Logger.Warn("dropped epochs another OP made", "app", h.app, "from", diverged, "epochs", n,
+			"receiving", h.epoch)
 	}
 	r.txn, err = r.st.Begin(h.app, h.epoch, h.parent)
 	if err != nil {
@@ -164,6 +185,9 @@ func (r *receiver) run() (*store.Epoch, error) {
 	}
 	if m := ep.Manifest; m.App != h.app || m.Epoch != h.epoch || m.Parent != h.parent {
 		return nil, fmt.Errorf("%w: description is of %s epoch %d parent %d", ErrProtocol, m.App, m.Epoch, m.Parent)
+	}
+	if d, err := ep.Digest(); err != nil || d != h.digest {
+		return nil, fmt.Errorf("%w: the description decoded here is not the epoch the sender announced", ErrChecksum)
 	}
 	r.stats.Meta = time.Since(t1)
 

@@ -204,10 +204,28 @@ func (s *sender) expect(t MsgType) (frame, error) {
 func (s *sender) run() error {
 	t0 := time.Now()
 	m := &s.ep.Manifest
+	h := hello{app: m.App, epoch: m.Epoch, parent: m.Parent}
+	var err error
+	if h.digest, err = s.ep.Digest(); err != nil {
+		return err
+	}
+	// The parent stays pinned until the delta is encoded against it.
+	var pep *store.Epoch
+	if m.Parent != 0 {
+		var prel func()
+		if pep, prel, err = s.st.Pin(m.App, m.Parent); err == nil {
+			defer prel()
+			if h.parentDigest, err = pep.Digest(); err != nil {
+				return err
+			}
+		} else {
+			pep = nil // gone here: the receiver gets the full description
+		}
+	}
 	if err := writePreamble(s.conn); err != nil {
 		return err
 	}
-	if err := s.fw.write(MsgHello, hello{app: m.App, epoch: m.Epoch, parent: m.Parent}.encode(), false); err != nil {
+	if err := s.fw.write(MsgHello, h.encode(), false); err != nil {
 		return err
 	}
 	if err := readPreamble(s.conn); err != nil {
@@ -239,16 +257,15 @@ func (s *sender) run() error {
 	t1 := time.Now()
 	var desc []byte
 	enc := byte(encFull)
-	if haveParent && m.Parent != 0 {
-		if pep, prel, err := s.st.Pin(m.App, m.Parent); err == nil {
-			desc, err = encodeDelta(s.ep, pep)
-			prel()
-			if err != nil {
-				return err
-			}
-			enc = encDelta
-			s.stats.Delta = true
+	if haveParent {
+		if pep == nil {
+			return fmt.Errorf("%w: receiver claims a parent the sender did not offer", ErrProtocol)
 		}
+		if desc, err = encodeDelta(s.ep, pep); err != nil {
+			return err
+		}
+		enc = encDelta
+		s.stats.Delta = true
 	}
 	if desc == nil {
 		if desc, err = s.ep.MarshalBinary(); err != nil {

@@ -3,12 +3,14 @@ package wire
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -431,7 +433,7 @@ func TestVersionMismatch(t *testing.T) {
 		_, _, err := Receive(context.Background(), b, sb, testWireConfig())
 		done <- err
 	}()
-	pre := append(magic[:], 2, 0, 0, 0)
+	pre := binary.LittleEndian.AppendUint32(magic[:], Version+1)
 	if _, err := a.Write(pre); err != nil {
 		t.Fatal(err)
 	}
@@ -528,4 +530,104 @@ func TestReceiverWithoutParentGetsFullDescription(t *testing.T) {
 		t.Fatalf("stats %+v: want a full description and all content", st)
 	}
 	sameDir(t, o.srcs[n2], materialise(t, sb, "app", n2))
+}
+
+// divergedPair returns two OPs of one app that share epoch 1 and then
+// each made an epoch 2 of their own (different pages dirtied), as a
+// deposed OP and the clone promoted in its place do after a partition.
+func divergedPair(t *testing.T, seed uint64) (a, b *op) {
+	t.Helper()
+	a = newOP(t, "app", 256)
+	a.checkpoint()
+	b = newOP(t, "app", 256)
+	b.data = a.data // the same data-file paths
+	c1, c2 := pipe(t)
+	if _, r := transfer(t, a.st, "app", 1, b.st, c1, c2); r.err != nil {
+		t.Fatal(r.err)
+	}
+	b.n, b.prev = 1, a.prev
+	storetest.Dirty(a.mem, 0.05, 11+100*seed)
+	a.checkpoint()
+	storetest.Dirty(b.mem, 0.05, 22+100*seed)
+	b.checkpoint()
+	return a, b
+}
+
+func digest(t *testing.T, s *store.Store, n uint64) store.Hash {
+	t.Helper()
+	ep, err := s.Load("app", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := ep.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestDivergedEpochIsReplaced: a receiver holding its own epoch of the
+// number sent must not acknowledge it as the sender's; it drops its own
+// and takes the sender's.
+func TestDivergedEpochIsReplaced(t *testing.T) {
+	for seed := range uint64(3) {
+		a, b := divergedPair(t, seed)
+		c1, c2 := pipe(t)
+		st, r := transfer(t, b.st, "app", 2, a.st, c1, c2)
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if st.AlreadyHad || !st.Delta {
+			t.Fatalf("seed %d: stats %+v: want epoch 2 received as a delta on the common epoch 1", seed, st)
+		}
+		if digest(t, a.st, 2) != digest(t, b.st, 2) {
+			t.Fatalf("seed %d: the receiver's epoch 2 is not the sender's", seed)
+		}
+		sameDir(t, b.srcs[2], materialise(t, a.st, "app", 2))
+	}
+}
+
+// TestDivergedParentIsNotUsed: a delta must never be decoded against the
+// receiver's own epoch of the parent's number; the receiver drops it and
+// gets the full description.
+func TestDivergedParentIsNotUsed(t *testing.T) {
+	for seed := range uint64(6) {
+		a, b := divergedPair(t, seed)
+		storetest.Dirty(b.mem, 0.05, 33+100*seed)
+		b.checkpoint()
+		c1, c2 := pipe(t)
+		st, r := transfer(t, b.st, "app", 3, a.st, c1, c2)
+		if r.err != nil {
+			t.Fatalf("seed %d: %v", seed, r.err)
+		}
+		if st.Delta {
+			t.Fatalf("seed %d: a delta on a parent the receiver holds another version of", seed)
+		}
+		if ns, _ := a.st.Epochs("app"); !slices.Equal(ns, []uint64{1, 3}) {
+			t.Fatalf("seed %d: receiver holds epochs %v, want [1 3] (its own 2 dropped)", seed, ns)
+		}
+		if digest(t, a.st, 3) != digest(t, b.st, 3) {
+			t.Fatalf("seed %d: the receiver's epoch 3 is not the sender's", seed)
+		}
+		sameDir(t, b.srcs[3], materialise(t, a.st, "app", 3))
+	}
+}
+
+// TestDivergedEpochBeingReadIsKept: an epoch to drop that is being read
+// fails the transfer (ErrDiverged) and stays as it was.
+func TestDivergedEpochBeingReadIsKept(t *testing.T) {
+	a, b := divergedPair(t, 0)
+	before := digest(t, a.st, 2)
+	_, release, err := a.st.Pin("app", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	c1, c2 := pipe(t)
+	if _, r := transfer(t, b.st, "app", 2, a.st, c1, c2); !errors.Is(r.err, ErrDiverged) {
+		t.Fatalf("receive = %v, want ErrDiverged", r.err)
+	}
+	if digest(t, a.st, 2) != before {
+		t.Fatal("the pinned epoch changed")
+	}
 }
