@@ -662,6 +662,11 @@ func (r *runner) checkpointWith(ctx context.Context, opts replicate.CheckpointOp
 			n.metrics.phase(string(ev.Phase), ev.Duration)
 		}
 	}
+	app, _, _, _, _ := r.snapshot()
+	opts.ClusterTerm = app.Term
+	if f := r.forcedAt(); f > 0 {
+		opts.ClusterTerm = f + 1 // the term it claims once the majority is back
+	}
 	ep, err := n.engine.Checkpoint(ctx, r.name, opts)
 	if err != nil {
 		if r.ctx.Err() == nil {

@@ -437,6 +437,7 @@ func (e *Engine) Import(ctx context.Context, r io.Reader, opts ImportOptions) (*
 	}
 	m := ep.Manifest
 	m.Parent = 0
+	m.ClusterTerm = 0 // the old cluster's terms mean nothing here
 	out, err := tx.Commit(m)
 	if err != nil {
 		return nil, nil, fmt.Errorf("import %s: %w", name, err)

@@ -36,6 +36,8 @@ type CheckpointOptions struct {
 	// GC does not start after a final epoch: the caller runs it once the
 	// app serves again.
 	Final bool
+	// ClusterTerm is recorded in the manifest (store.Manifest.ClusterTerm).
+	ClusterTerm uint64
 }
 
 // Checkpoint captures a running app as a new epoch: PSB (freeze the app's
@@ -102,6 +104,7 @@ func (e *Engine) Checkpoint(ctx context.Context, name string, opts CheckpointOpt
 	clock := &phaseClock{app: name, epoch: number, obs: opts.Observer}
 	var m store.Manifest
 	m.Term = st.Term
+	m.ClusterTerm = opts.ClusterTerm
 	m.CRIUVersion = criuVersion
 	m.Kernel = e.kernel
 

@@ -43,37 +43,43 @@ func (s *Store) Forget(ctx context.Context, app string) error {
 	return err
 }
 
-// DiscardFrom deletes the app's epochs numbered n and above: they belong to
-// another OP's line of epochs than the one being received. It deletes
-// nothing and fails when one of them is being read (pinned). The content
-// only they referenced goes at the next GC. It returns how many it deleted.
+// DiscardFrom deletes the app's epochs numbered n and above (see Discard).
 func (s *Store) DiscardFrom(app string, n uint64) (int, error) {
-	if !ValidApp(app) {
-		return 0, fmt.Errorf("%w: %q", ErrBadName, app)
-	}
-	s.gcMu.RLock()
-	defer s.gcMu.RUnlock()
 	ns, err := s.Epochs(app)
 	if err != nil {
 		return 0, err
 	}
 	var drop []uint64
+	for _, e := range ns {
+		if e >= n {
+			drop = append(drop, e)
+		}
+	}
+	return s.Discard(app, drop)
+}
+
+// Discard deletes the app's epochs ns: they belong to another OP's line of
+// epochs than the one being received. It deletes nothing and fails when
+// one of them is being read (pinned). The content only they referenced
+// goes at the next GC. It returns how many it deleted.
+func (s *Store) Discard(app string, ns []uint64) (int, error) {
+	if !ValidApp(app) {
+		return 0, fmt.Errorf("%w: %q", ErrBadName, app)
+	}
+	s.gcMu.RLock()
+	defer s.gcMu.RUnlock()
 	s.mu.RLock()
 	for _, e := range ns {
-		if e < n {
-			continue
-		}
 		if s.pins[epochKey{app, e}] > 0 {
 			s.mu.RUnlock()
-			return 0, fmt.Errorf("discard %s epochs from %d: epoch %d is being read", app, n, e)
+			return 0, fmt.Errorf("discard %s epoch %d: it is being read", app, e)
 		}
-		drop = append(drop, e)
 	}
 	s.mu.RUnlock()
-	for i, e := range drop {
+	for i, e := range ns {
 		if err := s.deleteEpoch(app, e); err != nil {
 			return i, err
 		}
 	}
-	return len(drop), nil
+	return len(ns), nil
 }

@@ -11,11 +11,16 @@ import "time"
 // Commit when the transaction ingested an image directory; every other field
 // is the caller's.
 type Manifest struct {
-	App     string    `json:"app"`
-	Epoch   uint64    `json:"epoch"`
-	Parent  uint64    `json:"parent,omitempty"` // 0: no parent (a full epoch)
-	Term    uint64    `json:"term"`
-	Created time.Time `json:"created"`
+	App    string `json:"app"`
+	Epoch  uint64 `json:"epoch"`
+	Parent uint64 `json:"parent,omitempty"` // 0: no parent (a full epoch)
+	Term   uint64 `json:"term"`
+	// ClusterTerm is the app's term in the cluster state when its OP made
+	// the epoch (0 outside a cluster). A receiver drops the epochs it holds
+	// above a received one that have an older cluster term: another OP
+	// made them, and they must never pass for the newest.
+	ClusterTerm uint64    `json:"cluster_term,omitempty"`
+	Created     time.Time `json:"created"`
 
 	// Barrier is the journal position at the process synchronisation barrier:
 	// a restore of this epoch replays the journal from here.

@@ -10,7 +10,8 @@
 // sender, R the receiver):
 //
 //	S→R hello      app, epoch, parent, the epoch's digest, the parent's digest
-//	               (store.Epoch.Digest; zero: S offers no parent)
+//	               (store.Epoch.Digest; zero: S offers no parent), the
+//	               epoch's cluster term
 //	R→S ready      bit 0: R holds the epoch; bit 1: R holds the parent
 //	               (same number and same digest in both cases)
 //	S→R meta...    the epoch description in chunks of up to 1 MiB
@@ -28,7 +29,9 @@
 // acknowledges. An epoch R holds under either number with another digest
 // was made by another OP (a deposed one checkpoints until its lease runs
 // out): R deletes its epochs from that number on before it takes the
-// sender's (store.DiscardFrom), and a delta is never decoded against it.
+// sender's, and a delta is never decoded against it. R also deletes the
+// epochs it holds above the one sent with an older cluster term
+// (store.Manifest.ClusterTerm), so they never pass for the newest.
 // Before it commits, R checks that the description it decoded has the
 // digest the hello announced. Either side may send an error frame (UTF-8 text) instead of
 // the frame due and give up; the peer returns ErrRemote with that text.

@@ -69,9 +69,10 @@ var (
 	ErrVersion = errors.New("wire protocol version mismatch")
 	// ErrRemote: the peer reported an error and gave up.
 	ErrRemote = errors.New("peer reported error")
-	// ErrDiverged: the receiver holds another epoch of the number sent (made
-	// by another OP) and could not drop it, as one is being read.
-	ErrDiverged = errors.New("receiver holds another epoch of that number")
+	// ErrDiverged: the receiver holds epochs another OP made (another
+	// epoch of the number sent or of its parent's, or newer ones of an
+	// older cluster term) and could not drop them, as one is being read.
+	ErrDiverged = errors.New("receiver holds epochs of another OP")
 )
 
 // frameWriter writes frames; it is not safe for concurrent use.

@@ -363,6 +363,8 @@ type hello struct {
 	// either number (made by another OP) must not take it for the
 	// sender's.
 	digest, parentDigest store.Hash
+	// term is the epoch's cluster term (store.Manifest.ClusterTerm).
+	term uint64
 }
 
 func (h hello) encode() []byte {
@@ -370,21 +372,29 @@ func (h hello) encode() []byte {
 	b = binary.AppendUvarint(b, h.parent)
 	b = appendString(b, h.app)
 	b = append(b, h.digest[:]...)
-	return append(b, h.parentDigest[:]...)
+	b = append(b, h.parentDigest[:]...)
+	return binary.AppendUvarint(b, h.term)
 }
 
 func decodeHello(p []byte) (hello, error) {
 	d := &dec{b: p}
 	h := hello{epoch: d.uvarint(), parent: d.uvarint()}
 	h.app = string(d.bytes(256))
-	if d.err == nil && len(d.b) != 2*len(h.digest) {
-		d.fail("no digests, or trailing bytes")
+	if d.err == nil && len(d.b) < 2*len(h.digest) {
+		d.fail("no digests")
+	}
+	if d.err == nil {
+		copy(h.digest[:], d.b)
+		copy(h.parentDigest[:], d.b[len(h.digest):])
+		d.b = d.b[2*len(h.digest):]
+		h.term = d.uvarint()
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes")
 	}
 	if d.err != nil {
 		return h, fmt.Errorf("hello: %w", d.err)
 	}
-	copy(h.digest[:], d.b)
-	copy(h.parentDigest[:], d.b[len(h.digest):])
 	if !store.ValidApp(h.app) || h.epoch == 0 || h.parent >= h.epoch {
 		return h, fmt.Errorf("%w: hello: app %q epoch %d parent %d", ErrProtocol, h.app, h.epoch, h.parent)
 	}

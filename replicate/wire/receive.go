@@ -111,13 +111,35 @@ func (r *receiver) run() (*store.Epoch, error) {
 			}
 		}
 	}
-	if diverged != 0 {
-		n, err := r.st.DiscardFrom(h.app, diverged)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s epoch %d: %v", ErrDiverged, h.app, diverged, err)
+	// So do those held above it with an older cluster term: whatever
+	// their numbers, they must not pass for the newest epoch.
+	var drop []uint64
+	ns, err := r.st.Epochs(h.app)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range ns {
+		if n < diverged || diverged == 0 && (n <= h.epoch || h.term == 0) {
+			continue
 		}
-		r.cfg.Logger.Warn("dropped epochs another OP made", "app", h.app, "from", diverged, "epochs", n,
-			"receiving", h.epoch)
+		o, err := r.st.Load(h.app, n)
+		if err != nil {
+			continue // dropped meanwhile
+		}
+		switch t := o.Manifest.ClusterTerm; {
+		case t > h.term:
+			// The sender is the deposed one: nothing of a newer OP goes.
+			return nil, fmt.Errorf("%w: this node holds epoch %d of cluster term %d, the sender's is of term %d", ErrDiverged, n, t, h.term)
+		case diverged != 0 && n >= diverged, n > h.epoch && t < h.term:
+			drop = append(drop, n)
+		}
+	}
+	if len(drop) > 0 {
+		if _, err := r.st.Discard(h.app, drop); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrDiverged, err)
+		}
+		r.cfg.Logger.Warn("dropped epochs another OP made", "app", h.app, "epochs", drop,
+			"receiving", h.epoch, "term", h.term)
 	}
 	r.txn, err = r.st.Begin(h.app, h.epoch, h.parent)
 	if err != nil {
@@ -185,6 +207,9 @@ func (r *receiver) run() (*store.Epoch, error) {
 	}
 	if m := ep.Manifest; m.App != h.app || m.Epoch != h.epoch || m.Parent != h.parent {
 		return nil, fmt.Errorf("%w: description is of %s epoch %d parent %d", ErrProtocol, m.App, m.Epoch, m.Parent)
+	}
+	if ep.Manifest.ClusterTerm != h.term {
+		return nil, fmt.Errorf("%w: description of cluster term %d, hello says %d", ErrProtocol, ep.Manifest.ClusterTerm, h.term)
 	}
 	if d, err := ep.Digest(); err != nil || d != h.digest {
 		return nil, fmt.Errorf("%w: the description decoded here is not the epoch the sender announced", ErrChecksum)

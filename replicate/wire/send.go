@@ -204,7 +204,7 @@ func (s *sender) expect(t MsgType) (frame, error) {
 func (s *sender) run() error {
 	t0 := time.Now()
 	m := &s.ep.Manifest
-	h := hello{app: m.App, epoch: m.Epoch, parent: m.Parent}
+	h := hello{app: m.App, epoch: m.Epoch, parent: m.Parent, term: m.ClusterTerm}
 	var err error
 	if h.digest, err = s.ep.Digest(); err != nil {
 		return err

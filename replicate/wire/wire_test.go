@@ -54,6 +54,7 @@ type op struct {
 	prev *datafile.Set
 	n    uint64
 	srcs map[uint64]string
+	term uint64 // cluster term recorded in its epochs
 }
 
 func newOP(t testing.TB, app string, pages int) *op {
@@ -92,7 +93,7 @@ func (o *op) checkpoint() uint64 {
 	if err := tx.AddImageDir(context.Background(), dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Commit(store.Manifest{Term: 3, Barrier: 77, Data: counts}); err != nil {
+	if _, err := tx.Commit(store.Manifest{Term: 3, Barrier: 77, Data: counts, ClusterTerm: o.term}); err != nil {
 		t.Fatal(err)
 	}
 	return o.n
@@ -538,9 +539,11 @@ func TestReceiverWithoutParentGetsFullDescription(t *testing.T) {
 func divergedPair(t *testing.T, seed uint64) (a, b *op) {
 	t.Helper()
 	a = newOP(t, "app", 256)
+	a.term = 1
 	a.checkpoint()
 	b = newOP(t, "app", 256)
 	b.data = a.data // the same data-file paths
+	b.term = 2      // promoted
 	c1, c2 := pipe(t)
 	if _, r := transfer(t, a.st, "app", 1, b.st, c1, c2); r.err != nil {
 		t.Fatal(r.err)
@@ -629,5 +632,67 @@ func TestDivergedEpochBeingReadIsKept(t *testing.T) {
 	}
 	if digest(t, a.st, 2) != before {
 		t.Fatal("the pinned epoch changed")
+	}
+}
+
+// TestOlderTermEpochsAboveAreDropped: epochs a receiver holds above the
+// one received, made at an older cluster term (a deposed OP ran ahead in
+// numbers), are dropped, so they never pass for the newest; those of the
+// sender's own term stay (they can arrive out of order).
+func TestOlderTermEpochsAboveAreDropped(t *testing.T) {
+	a := newOP(t, "app", 256)
+	a.term = 1
+	a.checkpoint()
+	b := newOP(t, "app", 256)
+	b.data = a.data
+	c1, c2 := pipe(t)
+	if _, r := transfer(t, a.st, "app", 1, b.st, c1, c2); r.err != nil {
+		t.Fatal(r.err)
+	}
+	b.n, b.prev, b.term = 1, a.prev, 2
+	for seed := range uint64(4) {
+		storetest.Dirty(a.mem, 0.05, 40+seed)
+		a.checkpoint() // 2..5 at term 1
+	}
+	if _, err := a.st.Discard("app", []uint64{2, 3}); err != nil { // retention
+		t.Fatal(err)
+	}
+	storetest.Dirty(b.mem, 0.05, 50)
+	b.checkpoint() // 2 at term 2
+	storetest.Dirty(b.mem, 0.05, 51)
+	b.checkpoint() // 3 at term 2
+	c1, c2 = pipe(t)
+	if _, r := transfer(t, b.st, "app", 3, a.st, c1, c2); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if ns, _ := a.st.Epochs("app"); !slices.Equal(ns, []uint64{1, 3}) {
+		t.Fatalf("after epoch 3 of term 2 the receiver holds %v, want [1 3]", ns)
+	}
+	c1, c2 = pipe(t)
+	if _, r := transfer(t, b.st, "app", 2, a.st, c1, c2); r.err != nil {
+		t.Fatal(r.err)
+	}
+	if ns, _ := a.st.Epochs("app"); !slices.Equal(ns, []uint64{1, 2, 3}) {
+		t.Fatalf("after epoch 2 of term 2 the receiver holds %v, want [1 2 3]", ns)
+	}
+	for _, n := range []uint64{2, 3} {
+		if digest(t, a.st, n) != digest(t, b.st, n) {
+			t.Fatalf("epoch %d is not the sender's", n)
+		}
+	}
+}
+
+// TestDeposedSenderDropsNothingNewer: a sender of an older cluster term
+// (a deposed OP whose stream outlived its role) cannot make a receiver
+// drop an epoch a newer OP made.
+func TestDeposedSenderDropsNothingNewer(t *testing.T) {
+	a, b := divergedPair(t, 0) // a's 2 of term 1, b's 2 of term 2
+	before := digest(t, b.st, 2)
+	c1, c2 := pipe(t)
+	if _, r := transfer(t, a.st, "app", 2, b.st, c1, c2); !errors.Is(r.err, ErrDiverged) {
+		t.Fatalf("receive from a deposed sender = %v, want ErrDiverged", r.err)
+	}
+	if digest(t, b.st, 2) != before {
+		t.Fatal("the newer OP's epoch 2 changed")
 	}
 }
