@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -87,12 +88,44 @@ func Sweep(cfg Config) error {
 		if !e.IsDir() {
 			continue
 		}
-		// The kernel refuses (EBUSY) to remove a cgroup with a
-		// process in it, atomically.
-		_ = os.Remove(filepath.Join(parent, e.Name()))
+		removeEmpty(filepath.Join(parent, e.Name()), time.Second)
 	}
 	_ = os.Remove(parent) // ENOTEMPTY or EBUSY while anything is left
 	return nil
+}
+
+// removeEmpty removes the cgroup dir unless a live process is in it: the
+// kernel refuses (EBUSY) atomically. A cgroup holding only processes that
+// have exited (zombies not yet reaped: an app stopped just before, whose
+// init its parent is about to reap) is retried for up to wait.
+func removeEmpty(dir string, wait time.Duration) {
+	deadline := time.Now().Add(wait)
+	for {
+		err := os.Remove(dir)
+		if err == nil || !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			return
+		}
+		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			return
+		}
+		for _, pid := range strings.Fields(string(procs)) {
+			if !exited(pid) {
+				return // an app still runs in it
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// exited says whether process pid is gone or a zombie.
+func exited(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
 }
 
 // hierarchy finds the freezer: the v1 controller's mount, or the v2 root.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -217,5 +218,14 @@ func TestSweep(t *testing.T) {
 	root.Parent = ""
 	if err := Sweep(root); err == nil {
 		t.Error("Sweep of the hierarchy's root was not refused")
+	}
+}
+
+func TestExited(t *testing.T) {
+	if exited(strconv.Itoa(os.Getpid())) {
+		t.Error("this process counts as exited")
+	}
+	if !exited("999999999") {
+		t.Error("a pid that does not exist counts as running")
 	}
 }
