@@ -555,54 +555,31 @@ func TestFreezeWaitsForCheckpoint(t *testing.T) {
 	e := newEngine(t, t.TempDir(), nil)
 	a := startApp(t, e, "fencemid", appOpts{tick: 10 * time.Millisecond, dataDir: t.TempDir()})
 	waitTicks(t, a.data, 5)
-	inPSB, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{Observer: func(ev Event) {
-			if ev.Phase == PSB && ev.End {
-				once.Do(func() { close(inPSB); <-release })
-			}
-		}})
-		done <- err
-	}()
-	select {
-	case <-inPSB:
-	case err := <-done:
-		t.Fatalf("checkpoint ended before its barrier: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("no barrier in 30s")
-	}
-	frozeAt := make(chan error, 1)
-	go func() { frozeAt <- e.Freeze(t.Context(), a.name) }()
-	select {
-	case err := <-frozeAt:
-		close(release)
-		t.Fatalf("Freeze returned (%v) while a checkpoint held the app", err)
-	case <-time.After(300 * time.Millisecond):
-	}
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatalf("checkpoint: %v", err)
-	}
-	select {
-	case err := <-frozeAt:
-		if err != nil {
-			t.Fatalf("Freeze after the checkpoint: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Freeze still waits 30s after the checkpoint ended")
-	}
+	waitsForCheckpoint(t, e, a.name, "Freeze", func() error { return e.Freeze(t.Context(), a.name) })
 	if !frozen(t, e, a.name) {
 		t.Fatal("the app runs after Freeze")
 	}
 	// Unfencing while a checkpoint of the frozen app is under way: the
 	// thaw waits too, else the checkpoint, which keeps an app that was
 	// frozen when it started frozen, would undo it.
-	inPSB, release = make(chan struct{}), make(chan struct{})
-	once = sync.Once{}
+	waitsForCheckpoint(t, e, a.name, "Thaw", func() error { return e.Thaw(a.name) })
+	if frozen(t, e, a.name) {
+		t.Fatal("the app stays frozen after Thaw")
+	}
+	stopAndWait(t, e, a.name)
+}
+
+// waitsForCheckpoint holds a checkpoint of app at the end of its barrier,
+// calls op (named what), checks that op does not return while the
+// checkpoint is held, then lets the checkpoint end and checks that op then
+// returns without error.
+func waitsForCheckpoint(t *testing.T, e *testEngine, app, what string, op func() error) {
+	t.Helper()
+	inPSB, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
 	go func() {
-		_, err := e.Checkpoint(t.Context(), a.name, CheckpointOptions{Observer: func(ev Event) {
+		_, err := e.Checkpoint(t.Context(), app, CheckpointOptions{Observer: func(ev Event) {
 			if ev.Phase == PSB && ev.End {
 				once.Do(func() { close(inPSB); <-release })
 			}
@@ -616,12 +593,12 @@ func TestFreezeWaitsForCheckpoint(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("no barrier in 30s")
 	}
-	thawed := make(chan error, 1)
-	go func() { thawed <- e.Thaw(a.name) }()
+	returned := make(chan error, 1)
+	go func() { returned <- op() }()
 	select {
-	case err := <-thawed:
+	case err := <-returned:
 		close(release)
-		t.Fatalf("Thaw returned (%v) while a checkpoint held the app", err)
+		t.Fatalf("%s returned (%v) while a checkpoint held the app", what, err)
 	case <-time.After(300 * time.Millisecond):
 	}
 	close(release)
@@ -629,15 +606,11 @@ func TestFreezeWaitsForCheckpoint(t *testing.T) {
 		t.Fatalf("checkpoint: %v", err)
 	}
 	select {
-	case err := <-thawed:
+	case err := <-returned:
 		if err != nil {
-			t.Fatalf("Thaw after the checkpoint: %v", err)
+			t.Fatalf("%s after the checkpoint: %v", what, err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("Thaw still waits 30s after the checkpoint ended")
+		t.Fatalf("%s still waits 30s after the checkpoint ended", what)
 	}
-	if frozen(t, e, a.name) {
-		t.Fatal("the app stays frozen after Thaw")
-	}
-	stopAndWait(t, e, a.name)
 }

@@ -20,26 +20,7 @@ func TestStandbyLeavesRoomForDumps(t *testing.T) {
 		skipOrFail(t, "mounting a small tmpfs needs root")
 	}
 	const pages = 512 // 2 MiB of content
-	epoch := func(e *testEngine) {
-		img := &storetest.Image{Procs: []storetest.Proc{{PID: 10, Regions: []storetest.Region{
-			{Vaddr: 0x400000, Pages: pages, Data: storetest.Memory(5, pages)},
-		}}}, Files: map[string][]byte{"inventory.img": []byte("inventory")}}
-		dir := filepath.Join(t.TempDir(), "img")
-		if err := img.Write(dir); err != nil {
-			t.Fatal(err)
-		}
-		tx, err := e.Store().Begin("app", 1, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Abort()
-		if err := tx.AddImageDir(t.Context(), dir); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Commit(store.Manifest{Term: 1}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	epoch := func(e *testEngine) { commitEpoch1(t, e, pages, 5) }
 	for _, tc := range []struct {
 		size string
 		want bool
@@ -67,36 +48,14 @@ func TestStandbyLeavesRoomForDumps(t *testing.T) {
 // restore takes it, not reused for its number.
 func TestStandbyFollowsAReplacedEpoch(t *testing.T) {
 	e := newEngine(t, t.TempDir(), nil)
-	commit := func(seed uint64) *store.Epoch {
-		img := &storetest.Image{Procs: []storetest.Proc{{PID: 10, Regions: []storetest.Region{
-			{Vaddr: 0x400000, Pages: 64, Data: storetest.Memory(seed, 64)},
-		}}}, Files: map[string][]byte{"inventory.img": []byte("inventory")}}
-		dir := filepath.Join(t.TempDir(), "img")
-		if err := img.Write(dir); err != nil {
-			t.Fatal(err)
-		}
-		tx, err := e.Store().Begin("app", 1, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Abort()
-		if err := tx.AddImageDir(t.Context(), dir); err != nil {
-			t.Fatal(err)
-		}
-		ep, err := tx.Commit(store.Manifest{Term: 1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ep
-	}
-	commit(5)
+	commitEpoch1(t, e, 64, 5)
 	if err := e.Standby(t.Context(), "app", 1); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := e.Store().DiscardFrom("app", 1); err != nil || n != 1 {
-		t.Fatalf("DiscardFrom = %d, %v", n, err)
+	if n, err := e.Store().Discard("app", []uint64{1}); err != nil || n != 1 {
+		t.Fatalf("Discard = %d, %v", n, err)
 	}
-	ep := commit(6)
+	ep := commitEpoch1(t, e, 64, 6)
 	// A restore takes the copy by a rename within the work directory.
 	wd, err := os.MkdirTemp(e.cfg.WorkDir, "taken-")
 	if err != nil {
@@ -122,4 +81,30 @@ func TestStandbyFollowsAReplacedEpoch(t *testing.T) {
 			t.Fatalf("%s of the standby copy is not the new epoch's (%v)", f.Name(), err)
 		}
 	}
+}
+
+// commitEpoch1 stores epoch 1 of app "app": one process whose memory is
+// pages pages of content made from seed.
+func commitEpoch1(t *testing.T, e *testEngine, pages int, seed uint64) *store.Epoch {
+	t.Helper()
+	img := &storetest.Image{Procs: []storetest.Proc{{PID: 10, Regions: []storetest.Region{
+		{Vaddr: 0x400000, Pages: pages, Data: storetest.Memory(seed, pages)},
+	}}}, Files: map[string][]byte{"inventory.img": []byte("inventory")}}
+	dir := filepath.Join(t.TempDir(), "img")
+	if err := img.Write(dir); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := e.Store().Begin("app", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Abort()
+	if err := tx.AddImageDir(t.Context(), dir); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := tx.Commit(store.Manifest{Term: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ep
 }

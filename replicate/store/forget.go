@@ -43,21 +43,6 @@ func (s *Store) Forget(ctx context.Context, app string) error {
 	return err
 }
 
-// DiscardFrom deletes the app's epochs numbered n and above (see Discard).
-func (s *Store) DiscardFrom(app string, n uint64) (int, error) {
-	ns, err := s.Epochs(app)
-	if err != nil {
-		return 0, err
-	}
-	var drop []uint64
-	for _, e := range ns {
-		if e >= n {
-			drop = append(drop, e)
-		}
-	}
-	return s.Discard(app, drop)
-}
-
 // Discard deletes the app's epochs ns: they belong to another OP's line of
 // epochs than the one being received. It deletes nothing and fails when
 // one of them is being read (pinned). The content only they referenced

@@ -85,7 +85,8 @@ func (r *receiver) run() (*store.Epoch, error) {
 
 	// Epochs this store holds under the epoch's or the parent's number
 	// with other digests were made by another OP: they go, from the
-	// lowest such number on, before anything is decoded against them.
+	// lowest such number on (diverged), before anything is decoded
+	// against them.
 	diverged := uint64(0)
 	if ep, err := r.st.Load(h.app, h.epoch); err == nil {
 		if d, err := ep.Digest(); err == nil && d == h.digest {
@@ -111,28 +112,9 @@ func (r *receiver) run() (*store.Epoch, error) {
 			}
 		}
 	}
-	// So do those held above it with an older cluster term: whatever
-	// their numbers, they must not pass for the newest epoch.
-	var drop []uint64
-	ns, err := r.st.Epochs(h.app)
+	drop, err := staleEpochs(r.st, h, diverged)
 	if err != nil {
 		return nil, err
-	}
-	for _, n := range ns {
-		if n < diverged || diverged == 0 && (n <= h.epoch || h.term == 0) {
-			continue
-		}
-		o, err := r.st.Load(h.app, n)
-		if err != nil {
-			continue // dropped meanwhile
-		}
-		switch t := o.Manifest.ClusterTerm; {
-		case t > h.term:
-			// The sender is the deposed one: nothing of a newer OP goes.
-			return nil, fmt.Errorf("%w: this node holds epoch %d of cluster term %d, the sender's is of term %d", ErrDiverged, n, t, h.term)
-		case diverged != 0 && n >= diverged, n > h.epoch && t < h.term:
-			drop = append(drop, n)
-		}
 	}
 	if len(drop) > 0 {
 		if _, err := r.st.Discard(h.app, drop); err != nil {
@@ -314,4 +296,34 @@ func (r *receiver) run() (*store.Epoch, error) {
 	}
 	r.stats.Ack = time.Since(t4)
 	return committed, nil
+}
+
+// staleEpochs lists the epochs st must drop before it takes h's epoch:
+// those from diverged on (when set), and those above h's epoch of an older
+// cluster term, which must not pass for the newest whatever their numbers.
+// If one of them is of a newer term than the sender's, the sender is the
+// deposed OP: ErrDiverged, and nothing of the newer OP goes.
+func staleEpochs(st *store.Store, h hello, diverged uint64) ([]uint64, error) {
+	ns, err := st.Epochs(h.app)
+	if err != nil {
+		return nil, err
+	}
+	var drop []uint64
+	for _, n := range ns {
+		fromDiverged := diverged != 0 && n >= diverged
+		if !fromDiverged && (h.term == 0 || n <= h.epoch) {
+			continue
+		}
+		o, err := st.Load(h.app, n)
+		if err != nil {
+			continue // dropped meanwhile
+		}
+		switch t := o.Manifest.ClusterTerm; {
+		case t > h.term:
+			return nil, fmt.Errorf("%w: this node holds epoch %d of cluster term %d, the sender's is of term %d", ErrDiverged, n, t, h.term)
+		case fromDiverged || t < h.term:
+			drop = append(drop, n)
+		}
+	}
+	return drop, nil
 }
