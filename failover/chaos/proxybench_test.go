@@ -1,11 +1,15 @@
 package chaos
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,7 +105,10 @@ func startLocalProxy(t testing.TB, target, mode string, clones int) string {
 // package proxy in this process with its journal streamed to two clone
 // journals over loopback TCP (no TLS, no daemons). Set against
 // BenchmarkServiceThroughput it separates the proxy's own cost from the
-// daemons'.
+// daemons'. Two floors come first: the least a relay in Go does (io.Copy
+// both ways) and the least one in C does (testdata/crelay, one thread,
+// epoll; built with cc when there is one). What they reach is the most any
+// relay through this machine's loopback can reach.
 func BenchmarkProxyInProcess(b *testing.B) {
 	app := startKVApp(b)
 	var direct float64
@@ -109,6 +116,19 @@ func BenchmarkProxyInProcess(b *testing.B) {
 		direct = hammer(b, app, "d"+randomHex(4), b.N, benchConns)
 		b.ReportMetric(direct, "req/s")
 	})
+	floor := func(name, addr string) {
+		b.Run(name, func(b *testing.B) {
+			rate := hammer(b, addr, "r"+randomHex(4), b.N, benchConns)
+			b.ReportMetric(rate, "req/s")
+			b.Logf("%s, no journal: ratio to direct %.2f", name, rate/direct)
+		})
+	}
+	floor("go-relay", startGoRelay(b, app))
+	if addr, err := startCRelay(b, app); err != nil {
+		b.Logf("no C relay floor: %v", err)
+	} else {
+		floor("c-relay", addr)
+	}
 	for _, mode := range []string{proxy.JournalOff, proxy.JournalAsync, proxy.JournalSync} {
 		clones := 2
 		if mode == proxy.JournalOff {
@@ -122,4 +142,74 @@ func BenchmarkProxyInProcess(b *testing.B) {
 		})
 		b.Logf("journal %s, %d clone stream(s): ratio to direct %.2f", mode, clones, rate/direct)
 	}
+}
+
+// startGoRelay serves the least a relay in Go does in front of target:
+// per client connection, one connection to target and two io.Copy loops,
+// no framing, no journal. It returns its address.
+func startGoRelay(t testing.TB, target string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				u, err := net.Dial("tcp", target)
+				if err != nil {
+					return
+				}
+				defer u.Close()
+				go func() {
+					_, _ = io.Copy(u, c)
+					_ = u.(*net.TCPConn).CloseWrite()
+				}()
+				_, _ = io.Copy(c, u)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// startCRelay builds testdata/crelay with cc and runs it in front of
+// target, returning its address.
+func startCRelay(t testing.TB, target string) (string, error) {
+	t.Helper()
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(t.TempDir(), "crelay")
+	if out, err := exec.Command(cc, "-O2", "-o", bin, "testdata/crelay/crelay.c").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("cc crelay.c: %v\n%s", err, out)
+	}
+	_, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command(bin, port)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", err
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("crelay did not print its port: %v", err)
+	}
+	return net.JoinHostPort("127.0.0.1", strings.TrimSpace(line)), nil
 }
