@@ -301,17 +301,20 @@ func (r *receiver) run() (*store.Epoch, error) {
 // staleEpochs lists the epochs st must drop before it takes h's epoch:
 // those from diverged on (when set), and those above h's epoch of an older
 // cluster term, which must not pass for the newest whatever their numbers.
-// If one of them is of a newer term than the sender's, the sender is the
-// deposed OP: ErrDiverged, and nothing of the newer OP goes.
+// If one of them, or the newest epoch st holds, is of a newer term than
+// the sender's, the sender is the deposed OP: ErrDiverged, and it neither
+// removes a newer OP's epoch nor adds one that would pass for the newest.
 func staleEpochs(st *store.Store, h hello, diverged uint64) ([]uint64, error) {
 	ns, err := st.Epochs(h.app)
-	if err != nil {
+	if err != nil || len(ns) == 0 {
 		return nil, err
 	}
+	newest := ns[len(ns)-1]
 	var drop []uint64
 	for _, n := range ns {
 		fromDiverged := diverged != 0 && n >= diverged
-		if !fromDiverged && (h.term == 0 || n <= h.epoch) {
+		above := h.term != 0 && n > h.epoch
+		if !fromDiverged && !above && (h.term == 0 || n != newest) {
 			continue
 		}
 		o, err := st.Load(h.app, n)
@@ -321,7 +324,7 @@ func staleEpochs(st *store.Store, h hello, diverged uint64) ([]uint64, error) {
 		switch t := o.Manifest.ClusterTerm; {
 		case t > h.term:
 			return nil, fmt.Errorf("%w: this node holds epoch %d of cluster term %d, the sender's is of term %d", ErrDiverged, n, t, h.term)
-		case fromDiverged || t < h.term:
+		case fromDiverged || (above && t < h.term):
 			drop = append(drop, n)
 		}
 	}

@@ -685,6 +685,24 @@ func TestOlderTermEpochsAboveAreDropped(t *testing.T) {
 // TestDeposedSenderDropsNothingNewer: a sender of an older cluster term
 // (a deposed OP whose stream outlived its role) cannot make a receiver
 // drop an epoch a newer OP made.
+// TestDeposedSenderAddsNothingAbove: a deposed OP's epoch numbered above
+// all a receiver holds, sent whole (the receiver lacks its parent), must
+// not be taken: it would pass for the newest over the newer OP's epochs.
+func TestDeposedSenderAddsNothingAbove(t *testing.T) {
+	a, b := divergedPair(t, 0) // a's 2 of term 1, b's 2 of term 2
+	storetest.Dirty(a.mem, 0.05, 60)
+	a.checkpoint() // 3 at term 1
+	storetest.Dirty(a.mem, 0.05, 61)
+	a.checkpoint() // 4 at term 1
+	c1, c2 := pipe(t)
+	if _, r := transfer(t, a.st, "app", 4, b.st, c1, c2); !errors.Is(r.err, ErrDiverged) {
+		t.Fatalf("receive of epoch 4 from a deposed sender = %v, want ErrDiverged", r.err)
+	}
+	if ns, _ := b.st.Epochs("app"); !slices.Equal(ns, []uint64{1, 2}) {
+		t.Fatalf("the receiver holds %v, want [1 2]", ns)
+	}
+}
+
 func TestDeposedSenderDropsNothingNewer(t *testing.T) {
 	a, b := divergedPair(t, 0) // a's 2 of term 1, b's 2 of term 2
 	before := digest(t, b.st, 2)
