@@ -519,7 +519,11 @@ func (n *Node) Import(ctx context.Context, req api.ImportRequest) (api.ImportRes
 	}
 	res := api.ImportResult{App: name, Epoch: ep.Manifest.Epoch}
 	if req.Start {
-		if err := n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: n.cfg.Name, Term: 1}); err != nil {
+		a, err := n.lookupFresh(ctx, name)
+		if err != nil {
+			return res, err
+		}
+		if err := n.apply(ctx, state.Command{Type: state.CmdPlace, Name: name, OP: n.cfg.Name, Term: a.Term + 1, ExpectTerm: a.Term}); err != nil {
 			return res, err
 		}
 		res.Started = true

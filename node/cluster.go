@@ -266,13 +266,19 @@ func (n *Node) place(ctx context.Context, req submitRequest) (*state.App, error)
 	}
 	clones := PlaceClones(op, req.Spec.Replicas, nil, cands)
 	spec := req.Spec
-	if _, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPutApp, App: &spec}); err != nil {
+	res, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPutApp, App: &spec})
+	if err != nil {
 		if errors.Is(err, state.ErrExists) {
 			return nil, fmt.Errorf("%w: app %s already exists", api.ErrConflict, spec.Name)
 		}
 		return nil, leaderError(err)
 	}
-	if _, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPlace, Name: spec.Name, OP: op, Term: 1, Clones: clones}); err != nil {
+	put, ok := res.(*state.App)
+	if !ok {
+		return nil, fmt.Errorf("app %s: put returned %T", spec.Name, res)
+	}
+	if _, err := n.cluster.Apply(ctx, state.Command{Type: state.CmdPlace, Name: spec.Name, OP: op,
+		Term: put.Term + 1, ExpectTerm: put.Term, Clones: clones}); err != nil {
 		return nil, leaderError(err)
 	}
 	app := n.cluster.State().Apps[spec.Name]

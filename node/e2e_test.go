@@ -928,9 +928,11 @@ func TestE2EAPI(t *testing.T) {
 		}
 		return st.OK && st.Seed == before.Seed && st.Counter >= before.Counter, fmt.Sprintf("%+v", st)
 	})
-	waitFor(t, 10*time.Second, name+" running on "+spare.Name, func() (bool, string) {
+	// Its terms go on above the removed app's last (3): epochs that app
+	// left on a node down at the rm are of an older term.
+	waitFor(t, 10*time.Second, name+" running on "+spare.Name+" in term 4", func() (bool, string) {
 		det, err := n1.Client.App(ctxT(t), name)
-		return err == nil && det.State == api.AppRunning && det.OP == spare.Name, fmt.Sprintf("%+v %v", det.AppInfo, err)
+		return err == nil && det.State == api.AppRunning && det.OP == spare.Name && det.Term == 4, fmt.Sprintf("%+v %v", det.AppInfo, err)
 	})
 	if _, err := n1.Client.Import(ctxT(t), api.ImportRequest{Path: archive}); !errors.Is(err, api.ErrConflict) {
 		t.Errorf("second import: %v, want conflict", err)

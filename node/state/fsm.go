@@ -107,7 +107,8 @@ func (s *State) apply(cmd Command, at time.Time) (any, error) {
 		if _, ok := s.Apps[name]; ok {
 			return nil, fmt.Errorf("app %s: %w", name, ErrExists)
 		}
-		app := &App{Spec: cmd.App.Clone(), Acked: map[string]Ack{}, Created: at}
+		app := &App{Spec: cmd.App.Clone(), Acked: map[string]Ack{}, Created: at, Term: s.Retired[name]}
+		delete(s.Retired, name)
 		s.Apps[name] = app
 		return app.Clone(), nil
 
@@ -166,9 +167,14 @@ func (s *State) apply(cmd Command, at time.Time) (any, error) {
 		return ack, nil
 
 	case CmdRemoveApp:
-		if _, ok := s.Apps[cmd.Name]; !ok {
+		app, ok := s.Apps[cmd.Name]
+		if !ok {
 			return nil, fmt.Errorf("remove app %s: %w", cmd.Name, ErrNotFound)
 		}
+		if s.Retired == nil {
+			s.Retired = map[string]uint64{}
+		}
+		s.Retired[cmd.Name] = app.Term
 		delete(s.Apps, cmd.Name)
 		return nil, nil
 

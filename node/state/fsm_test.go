@@ -179,6 +179,19 @@ func TestFSMRules(t *testing.T) {
 				}
 			},
 		},
+		{
+			name:  "an app created again starts above the removed one's terms",
+			setup: append(base[:2:2], place("web", "b", 2, 1, "c"), Command{Type: CmdRemoveApp, Name: "web"}),
+			cmd:   putApp("web"),
+			check: func(t *testing.T, s State, _ any) {
+				if app := s.Apps["web"]; app.Term != 2 || app.OP != "" {
+					t.Fatalf("app = %+v, want term 2 (the removed app's last) and no OP", app)
+				}
+				if _, ok := s.Retired["web"]; ok {
+					t.Fatalf("retired %v still names web", s.Retired)
+				}
+			},
+		},
 		{name: "remove unknown app", cmd: Command{Type: CmdRemoveApp, Name: "web"}, err: ErrNotFound},
 		{
 			name: "drain and undrain", setup: []Command{{Type: CmdSetDrained, Node: "a", Drained: true}, {Type: CmdSetDrained, Node: "b", Drained: true}},

@@ -154,6 +154,11 @@ type State struct {
 	Drained map[string]bool `json:"drained,omitempty"`
 	// Index is the raft index of the last command applied (0: none yet).
 	Index uint64 `json:"index"`
+	// Retired is the last term of each removed app's name. An app created
+	// again under that name starts its terms above it, so that epochs the
+	// removed one left on a node that was down at its removal never pass
+	// for the new app's (receivers drop epochs of an older term).
+	Retired map[string]uint64 `json:"retired,omitempty"`
 }
 
 // Clone returns a deep copy of the app.
@@ -187,6 +192,7 @@ func (s State) Clone() State {
 		Apps:    make(map[string]*App, len(s.Apps)),
 		Drained: make(map[string]bool, len(s.Drained)),
 		Index:   s.Index,
+		Retired: maps.Clone(s.Retired),
 	}
 	for name, app := range s.Apps {
 		c.Apps[name] = app.Clone()
