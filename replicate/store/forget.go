@@ -19,15 +19,11 @@ func (s *Store) Forget(ctx context.Context, app string) error {
 		s.gcMu.Unlock()
 		return err
 	}
-	s.mu.RLock()
-	for _, n := range ns {
-		if s.pins[epochKey{app, n}] > 0 {
-			s.mu.RUnlock()
-			s.gcMu.Unlock()
-			return fmt.Errorf("forget %s: epoch %d is being read", app, n)
-		}
+	if err := s.doom(app, ns); err != nil {
+		s.gcMu.Unlock()
+		return fmt.Errorf("forget: %w", err)
 	}
-	s.mu.RUnlock()
+	defer s.undoom(app, ns)
 	for _, n := range ns {
 		if err := s.deleteEpoch(app, n); err != nil {
 			s.gcMu.Unlock()
@@ -53,14 +49,10 @@ func (s *Store) Discard(app string, ns []uint64) (int, error) {
 	}
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
-	s.mu.RLock()
-	for _, e := range ns {
-		if s.pins[epochKey{app, e}] > 0 {
-			s.mu.RUnlock()
-			return 0, fmt.Errorf("discard %s epoch %d: it is being read", app, e)
-		}
+	if err := s.doom(app, ns); err != nil {
+		return 0, fmt.Errorf("discard: %w", err)
 	}
-	s.mu.RUnlock()
+	defer s.undoom(app, ns)
 	for i, e := range ns {
 		if err := s.deleteEpoch(app, e); err != nil {
 			return i, err

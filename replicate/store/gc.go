@@ -50,10 +50,7 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		keep := s.cfg.Retention
 		for i := len(ns) - 1; i >= 0; i-- {
 			n := ns[i]
-			s.mu.RLock()
-			pinned := s.pins[epochKey{app, n}] > 0
-			s.mu.RUnlock()
-			if keep > 0 || pinned {
+			if keep > 0 || s.doom(app, []uint64{n}) != nil { // kept, or pinned
 				keep--
 				ep, err := s.Load(app, n)
 				if err != nil {
@@ -62,7 +59,9 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 				ep.ForEachHash(func(h Hash) { live[h] = struct{}{} })
 				continue
 			}
-			if err := s.deleteEpoch(app, n); err != nil {
+			err := s.deleteEpoch(app, n)
+			s.undoom(app, []uint64{n})
+			if err != nil {
 				return st, err
 			}
 			st.EpochsDeleted++

@@ -41,6 +41,7 @@ type Store struct {
 	idx    map[Hash]loc
 	packs  map[string]*pack
 	pins   map[epochKey]int
+	doomed map[epochKey]bool // being deleted: Pin refuses them
 	closed bool
 
 	// testBeforeEpochRename, when set, runs between making the packs durable
@@ -77,7 +78,8 @@ func Open(dir string, cfg Config) (*Store, error) {
 		lock:  lock,
 		idx:   make(map[Hash]loc),
 		packs: make(map[string]*pack),
-		pins:  make(map[epochKey]int),
+		pins:   make(map[epochKey]int),
+		doomed: make(map[epochKey]bool),
 	}
 	if err := s.recover(); err != nil {
 		s.closeFiles()
@@ -433,6 +435,10 @@ func (s *Store) Pin(app string, n uint64) (e *Epoch, release func(), err error) 
 		s.mu.Unlock()
 		return nil, nil, ErrClosed
 	}
+	if s.doomed[k] {
+		s.mu.Unlock()
+		return nil, nil, fmt.Errorf("%w: %s epoch %d is being deleted", ErrNoEpoch, app, n)
+	}
 	s.pins[k]++
 	s.mu.Unlock()
 	var once sync.Once
@@ -451,6 +457,32 @@ func (s *Store) Pin(app string, n uint64) (e *Epoch, release func(), err error) 
 		return nil, nil, err
 	}
 	return e, release, nil
+}
+
+// doom marks the app's epochs ns as being deleted, so that Pin refuses
+// them from now on. It marks none and fails when one of them is pinned: a
+// pin and a deletion cannot both pass. undoom clears the marks once the
+// epochs are gone (or their deletion failed).
+func (s *Store) doom(app string, ns []uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range ns {
+		if s.pins[epochKey{app, n}] > 0 {
+			return fmt.Errorf("%s epoch %d is being read", app, n)
+		}
+	}
+	for _, n := range ns {
+		s.doomed[epochKey{app, n}] = true
+	}
+	return nil
+}
+
+func (s *Store) undoom(app string, ns []uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range ns {
+		delete(s.doomed, epochKey{app, n})
+	}
 }
 
 // Missing returns the hashes of hs the store does not hold (ZeroPageHash is

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -527,5 +528,53 @@ func TestFetch(t *testing.T) {
 	}
 	if got := s.Missing(append(hs, Sum([]byte("x")))); len(got) != 1 {
 		t.Fatalf("Missing = %v", got)
+	}
+}
+
+// TestPinAndDeletionExclude: an epoch being deleted cannot be pinned, and
+// a pinned one is not deleted; a deletion of several deletes none of them
+// when one is pinned.
+func TestPinAndDeletionExclude(t *testing.T) {
+	s := openStore(t, testConfig())
+	mem := storetest.Memory(12, 256)
+	im := storetest.SimpleImage(mem)
+	ingest(t, s, "app", 1, 0, writeImage(t, im))
+	storetest.Dirty(mem, 0.3, 2)
+	ingest(t, s, "app", 2, 1, writeImage(t, im))
+
+	// A deletion under way, its directory not renamed yet: Pin refuses.
+	if err := s.doom("app", []uint64{1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Pin("app", 1); !errors.Is(err, ErrNoEpoch) {
+		t.Fatalf("pin of an epoch being deleted = %v, want ErrNoEpoch", err)
+	}
+	s.undoom("app", []uint64{1})
+
+	_, release, err := s.Pin("app", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.doom("app", []uint64{2, 1}); err == nil {
+		t.Fatal("doom of a pinned epoch succeeded")
+	}
+	if _, _, err := s.Pin("app", 2); err != nil {
+		t.Fatalf("a failed deletion left epoch 2 unpinnable: %v", err)
+	}
+	if n, err := s.Discard("app", []uint64{2, 1}); err == nil || n != 0 {
+		t.Fatalf("discard with epoch 1 pinned = %d, %v; want 0 and an error", n, err)
+	}
+	if err := s.Forget(context.Background(), "app"); err == nil {
+		t.Fatal("forget with epoch 1 pinned succeeded")
+	}
+	if ns, _ := s.Epochs("app"); !slices.Equal(ns, []uint64{1, 2}) {
+		t.Fatalf("epochs %v, want [1 2]", ns)
+	}
+	release()
+	if n, err := s.Discard("app", []uint64{1}); err != nil || n != 1 {
+		t.Fatalf("discard after release = %d, %v", n, err)
+	}
+	if _, _, err := s.Pin("app", 1); !errors.Is(err, ErrNoEpoch) {
+		t.Fatalf("pin of a deleted epoch = %v, want ErrNoEpoch", err)
 	}
 }
