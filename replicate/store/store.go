@@ -73,11 +73,11 @@ func Open(dir string, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: locked by another process: %w", dir, err)
 	}
 	s := &Store{
-		root:  dir,
-		cfg:   cfg,
-		lock:  lock,
-		idx:   make(map[Hash]loc),
-		packs: make(map[string]*pack),
+		root:   dir,
+		cfg:    cfg,
+		lock:   lock,
+		idx:    make(map[Hash]loc),
+		packs:  make(map[string]*pack),
 		pins:   make(map[epochKey]int),
 		doomed: make(map[epochKey]bool),
 	}
