@@ -37,7 +37,9 @@ const benchConns = 16
 
 // hammer sends n increments over conns connections to addr, each
 // connection one request at a time, and returns the requests per second.
-func hammer(b *testing.B, addr, run string, n, conns int) float64 {
+// ready, when given, runs once every connection is open and before the
+// first request.
+func hammer(b *testing.B, addr, run string, n, conns int, ready ...func()) float64 {
 	b.Helper()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -50,6 +52,9 @@ func hammer(b *testing.B, addr, run string, n, conns int) float64 {
 		}
 		defer c.Close()
 		cs[i] = c
+	}
+	for _, f := range ready {
+		f()
 	}
 	start := time.Now()
 	for i, c := range cs {

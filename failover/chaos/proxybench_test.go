@@ -105,10 +105,11 @@ func startLocalProxy(t testing.TB, target, mode string, clones int) string {
 // package proxy in this process with its journal streamed to two clone
 // journals over loopback TCP (no TLS, no daemons). Set against
 // BenchmarkServiceThroughput it separates the proxy's own cost from the
-// daemons'. Two floors come first: the least a relay in Go does (io.Copy
-// both ways) and the least one in C does (testdata/crelay, one thread,
-// epoll; built with cc when there is one). What they reach is the most any
-// relay through this machine's loopback can reach.
+// daemons'. Three floors come first: the least a relay in Go does (io.Copy
+// both ways), the least one in C does (testdata/crelay, one thread, epoll;
+// built with cc when there is one), and a relay in the kernel (a sockmap,
+// no userspace on the data path; needs root). What they reach is the most
+// any relay through this machine's loopback can reach.
 func BenchmarkProxyInProcess(b *testing.B) {
 	app := startKVApp(b)
 	var direct float64
@@ -116,18 +117,32 @@ func BenchmarkProxyInProcess(b *testing.B) {
 		direct = hammer(b, app, "d"+randomHex(4), b.N, benchConns)
 		b.ReportMetric(direct, "req/s")
 	})
-	floor := func(name, addr string) {
+	// ready, when set, returns what hammer runs once its connections are
+	// open (it is called before they are).
+	floor := func(name, addr string, ready func(b *testing.B) func()) {
 		b.Run(name, func(b *testing.B) {
-			rate := hammer(b, addr, "r"+randomHex(4), b.N, benchConns)
+			var then []func()
+			if ready != nil {
+				then = append(then, ready(b))
+			}
+			rate := hammer(b, addr, "r"+randomHex(4), b.N, benchConns, then...)
 			b.ReportMetric(rate, "req/s")
 			b.Logf("%s, no journal: ratio to direct %.2f", name, rate/direct)
 		})
 	}
-	floor("go-relay", startGoRelay(b, app))
+	floor("go-relay", startGoRelay(b, app), nil)
 	if addr, err := startCRelay(b, app); err != nil {
 		b.Logf("no C relay floor: %v", err)
 	} else {
-		floor("c-relay", addr)
+		floor("c-relay", addr, nil)
+	}
+	if r, err := startSockmapRelay(b, app); err != nil {
+		b.Logf("no sockmap relay floor: %v", err)
+	} else {
+		floor("sockmap-relay", r.addr, func(b *testing.B) func() {
+			n := r.relayed()
+			return func() { r.waitRelayed(b, n+benchConns) }
+		})
 	}
 	for _, mode := range []string{proxy.JournalOff, proxy.JournalAsync, proxy.JournalSync} {
 		clones := 2
