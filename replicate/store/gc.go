@@ -50,21 +50,23 @@ func (s *Store) GC(ctx context.Context) (GCStats, error) {
 		keep := s.cfg.Retention
 		for i := len(ns) - 1; i >= 0; i-- {
 			n := ns[i]
-			if keep > 0 || s.doom(app, []uint64{n}) != nil { // kept, or pinned
-				keep--
-				ep, err := s.Load(app, n)
+			// Beyond retention and not pinned (doom refuses a pinned one):
+			// delete it.
+			if keep <= 0 && s.doom(app, []uint64{n}) == nil {
+				err := s.deleteEpoch(app, n)
+				s.undoom(app, []uint64{n})
 				if err != nil {
-					return st, fmt.Errorf("gc: %w", err)
+					return st, err
 				}
-				ep.ForEachHash(func(h Hash) { live[h] = struct{}{} })
+				st.EpochsDeleted++
 				continue
 			}
-			err := s.deleteEpoch(app, n)
-			s.undoom(app, []uint64{n})
+			keep--
+			ep, err := s.Load(app, n)
 			if err != nil {
-				return st, err
+				return st, fmt.Errorf("gc: %w", err)
 			}
-			st.EpochsDeleted++
+			ep.ForEachHash(func(h Hash) { live[h] = struct{}{} })
 		}
 	}
 	if err := ctx.Err(); err != nil {

@@ -314,7 +314,8 @@ func staleEpochs(st *store.Store, h hello, diverged uint64) ([]uint64, error) {
 	for _, n := range ns {
 		fromDiverged := diverged != 0 && n >= diverged
 		above := h.term != 0 && n > h.epoch
-		if !fromDiverged && !above && (h.term == 0 || n != newest) {
+		newestHeld := h.term != 0 && n == newest
+		if !fromDiverged && !above && !newestHeld {
 			continue
 		}
 		o, err := st.Load(h.app, n)

@@ -682,9 +682,6 @@ func TestOlderTermEpochsAboveAreDropped(t *testing.T) {
 	}
 }
 
-// TestDeposedSenderDropsNothingNewer: a sender of an older cluster term
-// (a deposed OP whose stream outlived its role) cannot make a receiver
-// drop an epoch a newer OP made.
 // TestDeposedSenderAddsNothingAbove: a deposed OP's epoch numbered above
 // all a receiver holds, sent whole (the receiver lacks its parent), must
 // not be taken: it would pass for the newest over the newer OP's epochs.
@@ -703,6 +700,9 @@ func TestDeposedSenderAddsNothingAbove(t *testing.T) {
 	}
 }
 
+// TestDeposedSenderDropsNothingNewer: a sender of an older cluster term
+// (a deposed OP whose stream outlived its role) cannot make a receiver
+// drop an epoch a newer OP made.
 func TestDeposedSenderDropsNothingNewer(t *testing.T) {
 	a, b := divergedPair(t, 0) // a's 2 of term 1, b's 2 of term 2
 	before := digest(t, b.st, 2)
